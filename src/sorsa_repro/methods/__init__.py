@@ -1,0 +1,184 @@
+"""Adapter methods behind one entry point: ``apply_method(model, cfg)``.
+
+``cfg`` is a mapping (or MethodConfig) with at least ``name``, ``rank``, ``target_modules``; SORSA
+also ``alpha``, ``svd`` (exact | randomized), ``niter``. Everything is validated against the model
+before any SVD runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sorsa_repro.methods import peft_methods, sorsa
+from sorsa_repro.methods.config import DEFAULT_TARGETS, METHODS, MethodConfig
+from sorsa_repro.methods.full import apply_full
+from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa, orthonormal_penalty
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "METHODS",
+    "MethodConfig",
+    "SORSALinear",
+    "apply_method",
+    "count_parameters",
+    "effective_weights",
+    "find_targets",
+    "load_adapter",
+    "merge_model",
+    "merge_sorsa",
+    "orthonormal_penalty",
+    "save_adapter",
+    "trainable_params_on_meta",
+]
+
+
+def find_targets(model: nn.Module, target_modules) -> list[str]:
+    """Names of the nn.Linear modules whose name ends with one of ``target_modules``."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules)
+    ]
+
+
+def validate(model: nn.Module, cfg: MethodConfig) -> list[str]:
+    """Check ``cfg`` against the model (targets exist, rank fits) and return the target names."""
+    targets = find_targets(model, cfg.target_modules)
+    if not targets:
+        raise ValueError(
+            f"target_modules {list(cfg.target_modules)} match no nn.Linear in {type(model).__name__}"
+        )
+    if cfg.name != "full":
+        for name in targets:
+            out_f, in_f = model.get_submodule(name).weight.shape
+            if cfg.rank > min(out_f, in_f):
+                raise ValueError(
+                    f"rank {cfg.rank} is larger than min(out, in) = {min(out_f, in_f)} of {name} ({out_f} x {in_f})"
+                )
+    return targets
+
+
+def apply_method(model: nn.Module, cfg: Mapping | MethodConfig) -> nn.Module:
+    """Adapt ``model`` with the configured method and return it (a PeftModel for PEFT methods)."""
+    cfg = MethodConfig.from_mapping(cfg)
+    targets = validate(model, cfg)
+    if cfg.name == "full":
+        model = apply_full(model)
+    elif cfg.name == "sorsa":
+        from sorsa_repro.models import resolve_dtype
+
+        model = sorsa.apply_sorsa(
+            model,
+            targets,
+            cfg.rank,
+            cfg.alpha,
+            cfg.dropout,
+            resolve_dtype(cfg.adapter_dtype),
+            cfg.svd,
+            cfg.niter,
+        )
+    else:
+        config = peft_methods.lora_config(
+            cfg.name,
+            cfg.rank,
+            cfg.alpha,
+            cfg.dropout,
+            sorted({n.rsplit(".", 1)[-1] for n in targets}),
+            cfg.svd,
+            cfg.niter,
+        )
+        model = peft_methods.apply_peft(model, config)
+    model.method_config = cfg
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights counted once."""
+    seen, trainable, total = set(), 0, 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable, total
+
+
+def trainable_params_on_meta(model_config, cfg: Mapping | MethodConfig) -> tuple[int, int]:
+    """(trainable, total) for a model config (e.g. Llama-2-7B's) built on the meta device: no weights."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = MethodConfig.from_mapping(cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    targets = validate(model, cfg)
+    if cfg.name == "full":
+        return count_parameters(apply_full(model))
+    # every method here trains r * (in + out) per target (+ r singular values for SORSA, + out for DoRA)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if cfg.name == "sorsa":
+        sorsa.apply_sorsa(model, targets, cfg.rank)
+        return count_parameters(model)
+    extra = {name: model.get_submodule(name).out_features if cfg.name == "dora" else 0 for name in targets}
+    trainable = sum(cfg.rank * sum(model.get_submodule(n).weight.shape) + extra[n] for n in targets)
+    return trainable, count_parameters(model)[1] + trainable
+
+
+def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, dense float32 weight it applies now) for each adapted layer; names as in the base model.
+
+    For full fine-tuning the adapted layers are the method's target modules.
+    """
+    cfg = getattr(model, "method_config", None)
+    full_targets = (
+        set(find_targets(model, cfg.target_modules)) if cfg is not None and cfg.name == "full" else set()
+    )
+    for name, module in model.named_modules():
+        clean = name.removeprefix("base_model.model.")
+        if isinstance(module, SORSALinear):
+            yield clean, module.effective_weight()
+        elif isinstance(module, peft_methods.LoraLayer):
+            weight = module.get_base_layer().weight.detach().float()
+            if not module.merged:
+                weight = weight + module.get_delta_weight("default").detach().float()
+            yield clean, weight
+        elif name in full_targets:
+            yield clean, module.weight.detach().float()
+
+
+@torch.no_grad()
+def merge_model(model: nn.Module) -> nn.Module:
+    """A plain transformers model with every adapter folded in (what vLLM and evaluation read)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return merge_sorsa(model)
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
+    """Adapter-only files for SORSA and PEFT methods (full fine-tuning has no adapter)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        peft_methods.save_peft_adapter(model, path)
+    elif sorsa.sorsa_layers(model):
+        sorsa.save_sorsa_adapter(model, path, base_model)
+    else:
+        raise ValueError("save_adapter: the model has no adapter (full fine-tuning saves the merged model)")
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Attach an adapter saved by ``save_adapter`` to a freshly loaded base model."""
+    path = Path(path)
+    if (path / sorsa.ADAPTER_CONFIG).exists():
+        return sorsa.load_sorsa_adapter(model, path)
+    if (path / "adapter_config.json").exists():
+        return peft_methods.load_peft_adapter(model, path)
+    raise FileNotFoundError(f"no adapter in {path} (expected {sorsa.ADAPTER_CONFIG} or adapter_config.json)")

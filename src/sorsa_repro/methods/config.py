@@ -1,0 +1,69 @@
+"""Method configuration: one dataclass for every method, validated before any SVD runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+METHODS = ("full", "lora", "pissa", "dora", "olora", "sorsa")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# keys a Hydra method config carries for the trainer, not for building the model
+TRAINING_KEYS = {"lr", "gamma", "ortho_mode", "weight_decay"}
+
+
+@dataclass
+class MethodConfig:
+    name: str = field(metadata={"help": "full, lora, pissa, dora, olora, sorsa (or pissa_niter_K)"})
+    rank: int = field(default=128, metadata={"help": "adapter rank r"})
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "scale = alpha / r; None gives scale 1 for SORSA and alpha = r for PEFT methods"},
+    )
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    target_modules: tuple[str, ...] = field(
+        default=DEFAULT_TARGETS, metadata={"help": "module name suffixes to adapt"}
+    )
+    svd: str = field(default="exact", metadata={"help": "exact | randomized (SORSA, PiSSA)"})
+    niter: int = field(default=4, metadata={"help": "subspace iterations of the randomized SVD"})
+    adapter_dtype: str = field(default="float32", metadata={"help": "dtype of SORSA's factors"})
+
+    def __post_init__(self):
+        match = re.fullmatch(r"pissa_niter_(\d+)", str(self.name))
+        if match:
+            self.name, self.svd, self.niter = "pissa", "randomized", int(match.group(1))
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; known: {', '.join(METHODS)} (or pissa_niter_K)")
+        if not isinstance(self.rank, int) or self.rank <= 0:
+            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 (or null for scale 1), got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.svd not in ("exact", "randomized"):
+            raise ValueError(f"svd must be 'exact' or 'randomized', got {self.svd!r}")
+        if self.niter < 0:
+            raise ValueError(f"niter must be >= 0, got {self.niter!r}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        self.target_modules = tuple(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("target_modules is empty")
+
+    @property
+    def scale(self) -> float:
+        """SORSA's scale (alpha / r, or 1 when alpha is unset)."""
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping | MethodConfig) -> MethodConfig:
+        if isinstance(cfg, MethodConfig):
+            return cfg
+        cfg = dict(cfg)
+        known = {f.name for f in fields(cls)}
+        unknown = set(cfg) - known - TRAINING_KEYS
+        if unknown:
+            raise ValueError(f"unknown method config keys {sorted(unknown)}; known: {sorted(known)}")
+        if "name" not in cfg:
+            raise ValueError("method config needs a 'name'")
+        return cls(**{k: v for k, v in cfg.items() if k in known})

@@ -1,0 +1,232 @@
+"""SORSA: Singular Values and Orthonormal Regularized Singular Vectors Adaptation.
+
+For a frozen weight W (out x in) with SVD W = U diag(s) V^T and rank r, the layer trains
+U_p = U[:, :r], s_p = s[:r], V_p^T = V^T[:r, :] and keeps W_res = W - U_p diag(s_p) V_p^T frozen:
+
+    y = x W_res^T + scale * ((x V_p) * s_p) U_p^T + bias
+
+computed factored, so the dense out x in update is never built in the forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+ADAPTER_WEIGHTS = "sorsa_adapter.safetensors"
+ADAPTER_CONFIG = "sorsa_config.json"
+SVD_SEED = 0  # randomized SVD is seeded, so re-initialising (e.g. on resume) gives the same factors
+
+
+def top_r_svd(weight: torch.Tensor, rank: int, svd: str = "exact", niter: int = 4, oversample: int = 16):
+    """Top-``rank`` SVD of ``weight`` in float32 whatever its dtype: (U out x r, S r, Vt r x in)."""
+    w = weight.detach().to(torch.float32)
+    if svd == "exact":
+        u, s, vt = torch.linalg.svd(w, full_matrices=False)
+        return u[:, :rank], s[:rank], vt[:rank]
+    if svd != "randomized":
+        raise ValueError(f"svd must be 'exact' or 'randomized', got {svd!r}")
+    q = min(rank + oversample, *w.shape)
+    devices = [w.device] if w.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(SVD_SEED)
+        u, s, v = torch.svd_lowrank(w, q=q, niter=niter)
+    return u[:, :rank], s[:rank], v[:, :rank].T
+
+
+def dense_update(u: torch.Tensor, s: torch.Tensor, vt: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * U diag(s) V^T in float32 (used for merging and the residual, never in forward)."""
+    return scale * ((u.float() * s.float()) @ vt.float())
+
+
+class SORSALinear(nn.Module):
+    """A Linear layer whose top-r singular triplets are trainable.
+
+    ``init_factors`` (U, S, Vt) skips the SVD: the adapter loader passes the factors the layer was
+    initialised with, which rebuilds the same residual bit for bit.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        adapter_dtype: torch.dtype = torch.float32,
+        svd: str = "exact",
+        niter: int = 4,
+        init_factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.rank = rank
+        self.alpha = alpha
+        self.scale = 1.0 if alpha is None else alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        w = base.weight
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
+        if w.device.type == "meta":  # shapes only, for parameter counts
+            self.weight = nn.Parameter(w.detach(), requires_grad=False)
+            u = torch.empty(self.out_features, rank, device="meta", dtype=adapter_dtype)
+            s = torch.empty(rank, device="meta", dtype=adapter_dtype)
+            vt = torch.empty(rank, self.in_features, device="meta", dtype=adapter_dtype)
+        else:
+            if init_factors is None:
+                init_factors = top_r_svd(w, rank, svd, niter)
+            u, s, vt = (t.to(device=w.device, dtype=adapter_dtype) for t in init_factors)
+            # residual from the factors as stored, so W_res + update reproduces W as closely as the dtype allows
+            residual = (w.detach().float() - dense_update(u, s, vt, self.scale)).to(w.dtype)
+            self.weight = nn.Parameter(residual, requires_grad=False)
+            # CPU copy of the initial factors: the adapter file stores them to rebuild W_res without an SVD
+            self.init_factors = tuple(t.detach().to("cpu", copy=True) for t in (u, s, vt))
+        self.sorsa_U = nn.Parameter(u.contiguous())
+        self.sorsa_S = nn.Parameter(s.contiguous())
+        self.sorsa_Vt = nn.Parameter(vt.contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return result
+        h = F.linear(self.dropout(x).to(self.sorsa_Vt.dtype), self.sorsa_Vt)  # x V_p: (..., r)
+        h = h * (self.sorsa_S * self.scale if self.scale != 1.0 else self.sorsa_S)
+        return result + F.linear(h, self.sorsa_U).to(result.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        return dense_update(self.sorsa_U, self.sorsa_S, self.sorsa_Vt, self.scale)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The dense weight this layer applies now, in float32."""
+        w = self.weight.detach().float()
+        return w if self.merged else w + self.delta_weight().detach()
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight.data = (self.weight.float() + self.delta_weight()).to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight.data = (self.weight.float() - self.delta_weight()).to(self.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"
+
+
+def sorsa_layers(model: nn.Module) -> dict[str, SORSALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, SORSALinear)}
+
+
+def apply_sorsa(
+    model: nn.Module,
+    targets: list[str],
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    adapter_dtype: torch.dtype = torch.float32,
+    svd: str = "exact",
+    niter: int = 4,
+) -> nn.Module:
+    """Replace the named Linear layers by SORSA layers; freeze everything else."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for name in targets:
+        layer = SORSALinear(model.get_submodule(name), rank, alpha, dropout, adapter_dtype, svd, niter)
+        model.set_submodule(name, layer)
+    return model
+
+
+def orthonormal_penalty(model: nn.Module) -> torch.Tensor:
+    """Mean over all adapted matrices of ||U^T U - I||_F and ||Vt Vt^T - I||_F (2 terms per matrix)."""
+    terms = []
+    for layer in sorsa_layers(model).values():
+        u, vt = layer.sorsa_U.float(), layer.sorsa_Vt.float()
+        eye = torch.eye(layer.rank, device=u.device)
+        terms.append(torch.linalg.matrix_norm(u.T @ u - eye))
+        terms.append(torch.linalg.matrix_norm(vt @ vt.T - eye))
+    if not terms:
+        raise ValueError("orthonormal_penalty: the model has no SORSA layers")
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def merge_sorsa(model: nn.Module) -> nn.Module:
+    """Fold every SORSA layer into a plain nn.Linear (in place); the result needs no project code."""
+    for name, layer in sorsa_layers(model).items():
+        plain = nn.Linear(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+        )
+        plain.weight.copy_(layer.effective_weight().to(layer.weight.dtype))
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias)
+        model.set_submodule(name, plain)
+    return model
+
+
+def save_sorsa_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
+    """Adapter only: trained and initial factors (safetensors) plus a small JSON config."""
+    layers = sorsa_layers(model)
+    if not layers:
+        raise ValueError("save_sorsa_adapter: the model has no SORSA layers")
+    tensors = {}
+    for name, layer in layers.items():
+        if layer.merged:
+            raise ValueError(f"unmerge layer {name} before saving the adapter")
+        for key, value in zip(("U", "S", "Vt"), (layer.sorsa_U, layer.sorsa_S, layer.sorsa_Vt), strict=True):
+            tensors[f"{name}.sorsa_{key}"] = value.detach().cpu().contiguous()
+        for key, value in zip(("U", "S", "Vt"), layer.init_factors, strict=True):
+            tensors[f"{name}.init_{key}"] = value.contiguous()
+    first = next(iter(layers.values()))
+    config = {
+        "format": "sorsa_repro.sorsa",
+        "version": 1,
+        "rank": first.rank,
+        "alpha": first.alpha,
+        "dropout": getattr(first.dropout, "p", 0.0),
+        "adapter_dtype": str(first.sorsa_U.dtype).removeprefix("torch."),
+        "residual_dtype": str(first.weight.dtype).removeprefix("torch."),
+        "layers": sorted(layers),
+        "base_model": base_model,
+    }
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / ADAPTER_WEIGHTS))
+    (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_sorsa_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Rebuild SORSA layers on a freshly loaded base model from an adapter folder (no SVD)."""
+    path = Path(path)
+    config = json.loads((path / ADAPTER_CONFIG).read_text())
+    tensors = load_file(str(path / ADAPTER_WEIGHTS))
+    adapter_dtype = getattr(torch, config["adapter_dtype"])
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for name in config["layers"]:
+        base = model.get_submodule(name)
+        if str(base.weight.dtype).removeprefix("torch.") != config["residual_dtype"]:
+            raise ValueError(
+                f"load the base model in {config['residual_dtype']} to restore this adapter exactly"
+            )
+        init = tuple(tensors[f"{name}.init_{k}"] for k in ("U", "S", "Vt"))
+        layer = SORSALinear(
+            base, config["rank"], config["alpha"], config["dropout"], adapter_dtype, init_factors=init
+        )
+        with torch.no_grad():
+            for key in ("U", "S", "Vt"):
+                getattr(layer, f"sorsa_{key}").copy_(tensors[f"{name}.sorsa_{key}"])
+        model.set_submodule(name, layer)
+    return model
