@@ -1,0 +1,283 @@
+"""Training and evaluation data: local JSONL files under SORSA_DATA_DIR, or the Hugging Face hub by name.
+
+Resolution order: the `data_dir` argument, else the SORSA_DATA_DIR environment variable, else the hub
+(`datasets.load_dataset`). A local folder is laid out like ../shared/data:
+
+    gsm8k/train.jsonl  gsm8k/test.jsonl                      question, answer ("#### N")
+    math/MATH_train.jsonl  math/MATH_test.jsonl  math/math500.jsonl   problem, solution (\\boxed{})
+    metamathqa/<one file>.jsonl or .json                   query, response
+
+Hub ids: meta-math/MetaMathQA; openai/gsm8k (config "main"); EleutherAI/hendrycks_math (one config
+per subject, concatenated in subject order, which is the order of the local MATH files);
+HuggingFaceH4/MATH-500. "synthetic" is generated in-process (see synthetic.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from .synthetic import GENERATOR_VERSION, make_synthetic
+
+ENV_VAR = "SORSA_DATA_DIR"
+TRAIN_DATASETS = ("metamathqa", "gsm8k", "math", "synthetic")
+EVAL_BENCHMARKS = ("gsm8k", "math", "math500", "synthetic")
+DEFAULT_SYNTHETIC_TRAIN = 2000
+DEFAULT_SYNTHETIC_TEST = 500
+MATH_SUBJECTS = (
+    "algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+    "number_theory", "prealgebra", "precalculus",
+)  # fmt: skip
+
+# (dataset, split) -> (local file relative to the data dir, hub id, hub config, hub split)
+SOURCES = {
+    ("metamathqa", "train"): ("metamathqa/*.jsonl (or *.json)", "meta-math/MetaMathQA", None, "train"),
+    ("gsm8k", "train"): ("gsm8k/train.jsonl", "openai/gsm8k", "main", "train"),
+    ("gsm8k", "test"): ("gsm8k/test.jsonl", "openai/gsm8k", "main", "test"),
+    ("math", "train"): ("math/MATH_train.jsonl", "EleutherAI/hendrycks_math", MATH_SUBJECTS, "train"),
+    ("math", "test"): ("math/MATH_test.jsonl", "EleutherAI/hendrycks_math", MATH_SUBJECTS, "test"),
+    ("math500", "test"): ("math/math500.jsonl", "HuggingFaceH4/MATH-500", None, "test"),
+}
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}, or `\\boxed 5`) in `text`, braces matched."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    rest = text[start:].removeprefix("\\boxed").removeprefix("\\fbox")
+    if rest.startswith(" "):  # "\boxed 5": the argument runs to the next "$" or whitespace
+        return re.split(r"[\s$]", rest.lstrip(), maxsplit=1)[0] or None
+    if not rest.startswith("{"):
+        return None
+    depth = 0
+    for i, ch in enumerate(rest):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth == 0:
+            return rest[1:i]
+    return None  # unbalanced braces
+
+
+def gsm8k_to_metamath(answer: str) -> str:
+    """GSM8K answer -> MetaMathQA form: drop <<calc>> annotations, final '#### N' -> 'The answer is: N'."""
+    text = re.sub(r"<<[^<>]*>>", "", answer)
+    body, sep, final = text.rpartition("####")
+    if not sep:
+        raise ValueError(f"GSM8K answer has no '#### N' line: {answer[-80:]!r}")
+    number = final.strip().replace(",", "")  # "1,080" -> "1080", as MetaMath's graders normalise it
+    return f"{body.rstrip()}\nThe answer is: {number}"
+
+
+def math_to_metamath(solution: str) -> str:
+    """MATH solution -> MetaMathQA response: the solution, then 'The answer is: <last boxed content>'."""
+    boxed = last_boxed(solution)
+    if boxed is None:
+        raise ValueError(f"MATH solution has no \\boxed{{}} answer: {solution[-80:]!r}")
+    return f"{solution}\nThe answer is: {boxed}"
+
+
+# ---------------------------------------------------------------- resolution and reading
+
+
+def _data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    chosen = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or None
+    return Path(chosen).expanduser() if chosen is not None else None
+
+
+def _missing(what: str, expected: str, hub_id: str) -> str:
+    return (
+        f"{what}: expected the file {expected} (set {ENV_VAR} or pass data_dir to a folder laid out like "
+        f"shared/data), or leave both unset to load the hub dataset {hub_id!r} (needs network access)."
+    )
+
+
+def _local_file(root: Path, name: str, split: str) -> Path:
+    """The local file for (name, split) under `root`, checked to exist before any reading."""
+    rel, hub_id, _, _ = SOURCES[(name, split)]
+    if name == "metamathqa":
+        folder = root / "metamathqa"
+        found = sorted(folder.glob("*.jsonl")) + sorted(folder.glob("*.json")) if folder.is_dir() else []
+        if len(found) > 1:
+            raise ValueError(f"{folder} holds several candidate files {[p.name for p in found]}; keep one")
+        if not found:
+            raise FileNotFoundError(_missing(f"no MetaMathQA file in {folder}", f"{folder}/*.jsonl", hub_id))
+        return found[0]
+    path = root / rel
+    if not path.is_file():
+        raise FileNotFoundError(_missing(f"{name} {split} data not found", str(path), hub_id))
+    return path
+
+
+def _read_rows(path: Path, limit: int | None) -> list[dict]:
+    if path.suffix == ".json":  # MetaMathQA-395K.json is one JSON array
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return rows[:limit] if limit is not None else rows
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if limit is not None and len(rows) >= limit:
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def _hub_rows(name: str, split: str, limit: int | None, expected: str) -> list[dict]:
+    _, hub_id, config, hub_split = SOURCES[(name, split)]
+    try:
+        import datasets
+
+        configs = config if isinstance(config, tuple) else (config,)
+        rows: list[dict] = []
+        for cfg in configs:
+            sub = f"{hub_split}[:{limit}]" if limit is not None and len(configs) == 1 else hub_split
+            part = datasets.load_dataset(hub_id, cfg, split=sub)
+            rows += [dict(r, _config=cfg, _index=i) for i, r in enumerate(part)]
+            if limit is not None and len(rows) >= limit:
+                break
+    except Exception as e:  # offline, unknown id, gated: one clear message instead of a deep traceback
+        raise RuntimeError(
+            _missing(f"could not load {name} {split} from the hub ({e})", expected, hub_id)
+        ) from e
+    return rows[:limit] if limit is not None else rows
+
+
+def _rows(name: str, split: str, limit: int | None, data_dir) -> list[dict]:
+    root = _data_dir(data_dir)
+    if root is not None:
+        return _read_rows(_local_file(root, name, split), limit)
+    return _hub_rows(name, split, limit, expected=f"${ENV_VAR}/{SOURCES[(name, split)][0]}")
+
+
+def _math_id(row: dict, split: str, i: int) -> str:
+    if row.get("unique_id"):
+        return row["unique_id"]
+    if "_config" in row:  # hub rows: subject config and index within it
+        return f"{split}/{row['_config']}/{row['_index']}"
+    return f"{split}/{i}"
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _check(name: str, known: tuple, what: str) -> None:
+    if name not in known:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+
+
+def load_train_examples(
+    name: str, limit: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0
+) -> list[dict]:
+    """Training examples `{id, query, response}` of `name` (metamathqa | gsm8k | math | synthetic).
+
+    `limit` keeps the first N rows (MetaMathQA `train[:N]`, as the paper); for synthetic it is the
+    number of generated problems (default 2000) and `seed` picks them. `name` may join sources with
+    "+" (e.g. "gsm8k+math"); `limit` then applies to each.
+    """
+    if "+" in name:
+        return [ex for part in name.split("+") for ex in load_train_examples(part, limit, data_dir, seed)]
+    _check(name, TRAIN_DATASETS, "training dataset")
+    if name == "synthetic":
+        return make_synthetic("train", DEFAULT_SYNTHETIC_TRAIN if limit is None else limit, seed)
+    rows = _rows(name, "train", limit, data_dir)
+    if name == "metamathqa":
+        return [
+            {"id": f"metamathqa/{i}", "query": r["query"], "response": r["response"]}
+            for i, r in enumerate(rows)
+        ]
+    if name == "gsm8k":
+        return [
+            {"id": f"gsm8k/train/{i}", "query": r["question"], "response": gsm8k_to_metamath(r["answer"])}
+            for i, r in enumerate(rows)
+        ]
+    return [
+        {
+            "id": f"math/{_math_id(r, 'train', i)}",
+            "query": r["problem"],
+            "response": math_to_metamath(r["solution"]),
+        }
+        for i, r in enumerate(rows)
+    ]
+
+
+def load_eval_examples(
+    benchmark: str, limit: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0
+) -> list[dict]:
+    """Evaluation problems `{id, query, reference, ...}`; `reference` is the raw gold field.
+
+    gsm8k: test `answer` ("... #### N"), 1319 rows; math: test `solution` (\\boxed{}), 5000 rows;
+    math500: `solution`, 500 rows (also `answer`); synthetic: held-out problems (default 500, `seed`
+    picks them), reference = the answer as a string.
+    """
+    _check(benchmark, EVAL_BENCHMARKS, "benchmark")
+    if benchmark == "synthetic":
+        exs = make_synthetic("test", DEFAULT_SYNTHETIC_TEST if limit is None else limit, seed)
+        return [
+            {"id": e["id"], "query": e["query"], "reference": str(e["answer"]), "answer": e["answer"]}
+            for e in exs
+        ]
+    rows = _rows(benchmark, "test", limit, data_dir)
+    if benchmark == "gsm8k":
+        return [
+            {"id": f"gsm8k/test/{i}", "query": r["question"], "reference": r["answer"]}
+            for i, r in enumerate(rows)
+        ]
+    out = []
+    for i, r in enumerate(rows):
+        ex = {
+            "id": f"{benchmark}/{_math_id(r, 'test', i)}",
+            "query": r["problem"],
+            "reference": r["solution"],
+        }
+        ex["answer"] = r.get("answer") or last_boxed(r["solution"])
+        ex["level"], ex["subject"] = r.get("level"), r.get("subject") or r.get("type")
+        out.append(ex)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_identity(
+    name: str,
+    split: str = "train",
+    limit: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    examples: list[dict] | None = None,
+) -> dict:
+    """Provenance of a data set for result.json: where it came from and, given `examples`, what it held.
+
+    `split` is "train" or "test" (the benchmark split). No network: for hub sources only the id is recorded.
+    """
+    ident: dict = {"name": name, "split": split, "limit": limit}
+    if examples is not None:
+        ident["rows"] = len(examples)
+        blob = json.dumps([[e["id"], e["query"], e.get("response", e.get("reference"))] for e in examples])
+        ident["content_sha256"] = hashlib.sha256(blob.encode()).hexdigest()
+    if "+" in name:
+        ident["parts"] = [data_identity(p, split, limit, data_dir, seed) for p in name.split("+")]
+        return ident
+    if name == "synthetic":
+        return {**ident, "source": "synthetic", "generator": GENERATOR_VERSION, "seed": seed}
+    key = (name, split)
+    if key not in SOURCES:
+        raise ValueError(f"no data source for {name!r} split {split!r}; known: {sorted(SOURCES)}")
+    _, hub_id, config, hub_split = SOURCES[key]
+    root = _data_dir(data_dir)
+    if root is not None:
+        path = _local_file(root, name, split)
+        return {**ident, "source": "local", "path": str(path.resolve()), "file_sha256": _sha256(path)}
+    configs = list(config) if isinstance(config, tuple) else config
+    return {**ident, "source": "hub", "hub_id": hub_id, "hub_config": configs, "hub_split": hub_split}
