@@ -1,0 +1,111 @@
+"""Lightning callback: spectral change of the adapted layers during training, into ``spectral.csv``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from sorsa_repro.analysis.spectral import (
+    DEFAULT_EPS,
+    DEFAULT_K,
+    SVD,
+    layer_row,
+    parse_layer_name,
+    rows_to_frame,
+    spectral_metrics,
+    svd,
+)
+from sorsa_repro.results import atomic_write_text
+
+WeightsFn = Callable[[torch.nn.Module], Iterable[tuple[str, torch.Tensor]]]
+
+
+def _rng_guard():
+    # SVDs draw no random numbers; this makes sure nothing the weights function does can either
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [])
+
+
+class SpectralCallback(Callback):
+    """Every ``every_n_steps`` optimizer steps and at the end of training, compare each adapted layer's
+    effective weight with its pretrained one (captured at fit start, before any step) and rewrite
+    ``spectral.csv`` (atomically) with one row per (step, layer): step, layer, module, layer_num and the
+    metrics of ``spectral_metrics``.
+
+    ``weights_fn(model)`` yields (name, effective dense weight); default
+    ``sorsa_repro.methods.effective_weights``. ``path`` defaults to
+    ``<trainer.default_root_dir>/spectral.csv``. SVDs run on ``device`` in ``dtype``; W0's are cached on
+    the CPU. Only global rank 0 computes. A resumed fit has no pretrained weights to compare with, so the
+    callback then does nothing. The cache holds about twice the adapted layers' size: at 7B scale, choose
+    ``target_modules`` accordingly.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        k: int = DEFAULT_K,
+        eps: Sequence[float] = DEFAULT_EPS,
+        target_modules: Sequence[str] | None = None,
+        path: str | Path | None = None,
+        weights_fn: WeightsFn | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError("every_n_steps must be >= 1")
+        self.every_n_steps, self.k, self.eps = every_n_steps, k, tuple(eps)
+        self.target_modules = set(target_modules) if target_modules is not None else None
+        self.path, self.weights_fn, self.dtype, self.device = path, weights_fn, dtype, device
+        self._svd0: dict[str, SVD] = {}
+        self._rows: list[dict] = []
+        self._last_step: int | None = None
+
+    def _weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        fn = self.weights_fn
+        if fn is None:
+            from sorsa_repro.methods import effective_weights as fn
+        for name, w in fn(model):
+            if self.target_modules is None or parse_layer_name(name)[1] in self.target_modules:
+                yield name, w
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._path = Path(self.path or Path(trainer.default_root_dir) / "spectral.csv")
+        self._svd0, self._rows, self._last_step = {}, [], None
+        if trainer.ckpt_path is not None:
+            warnings.warn(
+                "SpectralCallback: resumed fit, pretrained weights unknown; not recording", stacklevel=2
+            )
+            return
+        if not trainer.is_global_zero:
+            return
+        with torch.no_grad(), _rng_guard():
+            for name, w in self._weights(pl_module):
+                self._svd0[name] = svd(w.detach().to(self.device), self.dtype).to("cpu")
+        if not self._svd0:
+            warnings.warn("SpectralCallback: no adapted layers found; not recording", stacklevel=2)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        # called per micro-batch; record once when an optimizer step lands on a multiple of N
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._record(step, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self._record(trainer.global_step, pl_module)
+
+    def _record(self, step: int, pl_module: LightningModule) -> None:
+        self._last_step = step
+        if not self._svd0:
+            return
+        with torch.no_grad(), _rng_guard():
+            for name, w in self._weights(pl_module):
+                if name in self._svd0:
+                    svd0 = self._svd0[name].to(self.device)
+                    m = spectral_metrics(None, w.detach().to(self.device), k=self.k, eps=self.eps, svd0=svd0)
+                    self._rows.append({"step": step, **layer_row(name, m)})
+        atomic_write_text(self._path, rows_to_frame(self._rows, index=None).to_csv(index=False))

@@ -1,0 +1,205 @@
+"""Figures and a summary table from the runs' ``spectral.csv`` (``results/<experiment>/<run>/``).
+
+Written to ``paper_tables/<experiment>/``, each figure as PNG and PDF, byte-identical when regenerated:
+
+- ``spectral_curves``: d_sigma and d_d against step, per method the mean over layers, then the mean
+  over seeds with a +-1 sample-std band;
+- ``spectral_heatmap_d_d``, ``spectral_heatmap_d_sigma_rel``: layer x module at each run's last step,
+  mean over seeds, one panel per method, one colour scale;
+- ``spectral_intruders``: intruder dimensions summed over layers at the last step, per method and eps;
+- ``spectral_summary.md``: the last-step numbers as a table.
+
+A method that ran at several ranks in one experiment appears once per rank (``lora-r8``, ``lora-r16``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import matplotlib.style
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sorsa_repro.results import atomic_write_text, load_result
+
+_RUN_DIR = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)$")
+_METHOD_ORDER = ["full", "lora", "pissa", "sorsa"]
+_MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LABELS = {
+    "d_sigma": r"$\Delta\Sigma$",
+    "d_sigma_rel": r"$\Delta\Sigma$ / mean $\sigma_0$",
+    "d_d": r"$\Delta D$",
+    "d_d_topk": r"$\Delta D$ (top k)",
+}
+# no timestamps or version strings, so that regenerated files are byte-identical
+_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+
+
+def run_info(run_dir: Path) -> dict:
+    """experiment/method/rank/seed: result.json's "run" block, else parsed from ``<method>-r<rank>-s<seed>``."""
+    info = dict(load_result(run_dir).get("run") or {})
+    match = _RUN_DIR.match(run_dir.name)
+    if match:
+        for key, value in match.groupdict().items():
+            info.setdefault(key, value if key == "method" else int(value))
+    info.setdefault("method", run_dir.name)
+    info.setdefault("seed", 0)
+    return info
+
+
+def load_spectral(experiment: str, results_dir: str | Path = "results") -> pd.DataFrame:
+    """All runs' spectral.csv rows with ``run``, ``method``, ``rank``, ``seed`` and ``label`` columns."""
+    frames = []
+    for csv in sorted(Path(results_dir, experiment).glob("*/spectral.csv")):
+        info = run_info(csv.parent)
+        df = pd.read_csv(csv)
+        df["run"] = csv.parent.name
+        df["method"], df["rank"], df["seed"] = info["method"], info.get("rank"), info["seed"]
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    ranks = df.groupby("method")["rank"].nunique()
+    df["label"] = [f"{m}-r{r}" if ranks[m] > 1 else m for m, r in zip(df["method"], df["rank"], strict=True)]
+    return df
+
+
+def _ordered(values, order) -> list:
+    values = sorted(set(values), key=str)
+    first = [v for o in order for v in values if v == o or str(v).startswith(f"{o}-r")]
+    return first + [v for v in values if v not in first]
+
+
+def _final(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["step"] == df.groupby("run")["step"].transform("max")]
+
+
+def _intruder_columns(df: pd.DataFrame) -> list[str]:
+    cols = [c for c in df.columns if c.startswith("intruders_eps")]
+    return sorted(cols, key=lambda c: float(c.removeprefix("intruders_eps")))
+
+
+def _save(fig: Figure, base: Path) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        path = base.with_suffix(f".{ext}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=_METADATA[ext])
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        paths.append(path)
+    return paths
+
+
+def _curves(df: pd.DataFrame, labels: list[str], base: Path) -> list[Path]:
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ["d_sigma", "d_d"], strict=True):
+        per_run = df.groupby(["label", "seed", "step"])[metric].mean().reset_index()
+        stats = per_run.groupby(["label", "step"])[metric].agg(["mean", "std"]).reset_index()
+        for i, label in enumerate(labels):
+            s = stats[stats["label"] == label]
+            ax.plot(s["step"], s["mean"], label=label, color=f"C{i}")
+            ax.fill_between(s["step"], s["mean"] - s["std"], s["mean"] + s["std"], color=f"C{i}", alpha=0.2)
+        ax.set(xlabel="optimizer step", ylabel=LABELS[metric], title=f"{LABELS[metric]}, mean over layers")
+    axes[0].legend()
+    fig.tight_layout()
+    return _save(fig, base)
+
+
+def _heatmap(final: pd.DataFrame, labels: list[str], metric: str, base: Path) -> list[Path]:
+    data = final.dropna(subset=["layer_num"]).groupby(["label", "layer_num", "module"])[metric].mean()
+    modules = _ordered(final["module"], _MODULE_ORDER)
+    vmax = float(data.max()) if len(data) else 1.0
+    fig = Figure(figsize=(2.2 + 2.4 * len(labels), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(labels), sharey=True))
+    for ax, label in zip(axes, labels, strict=True):
+        grid = data[label].unstack("module").reindex(columns=modules) if label in data else pd.DataFrame()
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", origin="lower", vmin=0, vmax=vmax)
+        ax.set_xticks(range(len(modules)), [m.removesuffix("_proj") for m in modules], rotation=90)
+        ax.set_yticks(range(len(grid.index)), [str(i) for i in grid.index])
+        ax.set_title(label)
+    axes[0].set_ylabel("layer")
+    fig.colorbar(image, ax=list(axes), label=LABELS[metric])
+    return _save(fig, base)
+
+
+def _intruder_totals(final: pd.DataFrame) -> pd.DataFrame:
+    return final.groupby(["label", "seed"])[_intruder_columns(final)].sum()
+
+
+def _intruders(final: pd.DataFrame, labels: list[str], base: Path) -> list[Path]:
+    cols = _intruder_columns(final)
+    totals = _intruder_totals(final).groupby("label")
+    mean, std = totals.mean().reindex(labels), totals.std().reindex(labels).fillna(0)
+    fig = Figure(figsize=(1.5 + 1.2 * len(labels), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / max(len(cols), 1)
+    x = np.arange(len(labels))
+    for j, col in enumerate(cols):
+        eps = col.removeprefix("intruders_eps")
+        ax.bar(x + j * width, mean[col], width, yerr=std[col], label=f"eps={eps}", color=f"C{j}", capsize=3)
+    ax.set_xticks(x + width * (len(cols) - 1) / 2, labels)
+    k = int(final["k"].max()) if "k" in final else "k"
+    ax.set(ylabel=f"intruder dimensions (top {k}, all layers)", title="Intruder dimensions at the end")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, base)
+
+
+def _fmt(values: pd.Series, digits: int) -> str:
+    if len(values) > 1:
+        return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+    return f"{values.mean():.{digits}f}"
+
+
+def summary_markdown(final: pd.DataFrame, labels: list[str]) -> str:
+    metrics = ["d_sigma", "d_sigma_rel", "d_d", "d_d_topk"]
+    per_run = final.groupby(["label", "seed"]).agg({**dict.fromkeys(metrics, "mean"), "step": "max"})
+    per_run = per_run.join(_intruder_totals(final))
+    cols = _intruder_columns(final)
+    head = ["method", "seeds", "step", "ΔΣ", "ΔΣ rel", "ΔD", "ΔD top-k"]
+    head += [f"intruders ε={c.removeprefix('intruders_eps')}" for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in labels:
+        r = per_run.loc[label]
+        cells = [label, str(len(r)), str(int(r["step"].max()))]
+        cells += [_fmt(r[m], 4) for m in metrics] + [_fmt(r[c], 1) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    k = int(final["k"].max()) if "k" in final else "k"
+    note = (
+        f"\nAt each run's last step. ΔΣ, ΔD: mean over the adapted layers; intruder dimensions: summed over "
+        f"layers, among each layer's top {k} singular vectors. ΔΣ rel = ΔΣ / mean σ₀. "
+        "Mean ± sample std (ddof=1) over seeds.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def write_analysis_figures(
+    experiment: str, results_dir: str | Path = "results", out_dir: str | Path = "paper_tables"
+) -> list[Path]:
+    """Write the figures and ``spectral_summary.md`` into ``<out_dir>/<experiment>/``; return their paths
+    (empty when no run of the experiment has a spectral.csv)."""
+    df = load_spectral(experiment, results_dir)
+    if df.empty:
+        return []
+    out = Path(out_dir, experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = _ordered(df["label"], _METHOD_ORDER)
+    final = _final(df)
+    paths = []
+    with matplotlib.style.context("default"):  # the same look whatever the user's matplotlibrc says
+        paths += _curves(df, labels, out / "spectral_curves")
+        for metric in ("d_d", "d_sigma_rel"):
+            paths += _heatmap(final, labels, metric, out / f"spectral_heatmap_{metric}")
+        if _intruder_columns(final):
+            paths += _intruders(final, labels, out / "spectral_intruders")
+    atomic_write_text(out / "spectral_summary.md", summary_markdown(final, labels))
+    return paths + [out / "spectral_summary.md"]
