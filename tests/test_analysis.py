@@ -153,6 +153,50 @@ def test_callback_records_without_changing_training(tmp_path):
     assert not (tmp_path / "b" / "spectral.csv").exists()
 
 
+@pytest.mark.parametrize("method", ["sorsa", "lora", "full"])
+def test_callback_with_effective_weights(tmp_path, method):
+    """The default weights function on a LightningModule that wraps an adapted tiny Llama as .model."""
+    import lightning.pytorch as pl
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sorsa_repro.analysis import SpectralCallback
+    from sorsa_repro.methods import apply_method
+
+    class Wrapper(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            config = LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=64,
+            )
+            self.model = apply_method(LlamaForCausalLM(config), {"name": method, "rank": 4})
+
+        def training_step(self, batch, batch_idx):
+            return self.model(input_ids=batch[0], labels=batch[0]).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-2)
+
+    pl.seed_everything(0, verbose=False)
+    ids = torch.randint(0, 64, (8, 12))
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SpectralCallback(every_n_steps=1, k=4, path=tmp_path / "s.csv")],
+    )
+    trainer.fit(Wrapper(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=4))
+    df = pd.read_csv(tmp_path / "s.csv")
+    assert list(df.groupby("step").size()) == [14, 14]  # 7 projections x 2 layers
+    assert df["layer"].iloc[0] == "model.layers.0.self_attn.q_proj" and (df["d_sigma"] > 0).all()
+
+
 # --- compare command --------------------------------------------------------------------------------
 
 

@@ -37,7 +37,8 @@ class SpectralCallback(Callback):
     metrics of ``spectral_metrics``.
 
     ``weights_fn(model)`` yields (name, effective dense weight); default
-    ``sorsa_repro.methods.effective_weights``. ``path`` defaults to
+    ``sorsa_repro.methods.effective_weights``; it gets ``pl_module.model`` when that is a module, else
+    ``pl_module``. ``path`` defaults to
     ``<trainer.default_root_dir>/spectral.csv``. SVDs run on ``device`` in ``dtype``; W0's are cached on
     the CPU. Only global rank 0 computes. A resumed fit has no pretrained weights to compare with, so the
     callback then does nothing. The cache holds about twice the adapted layers' size: at 7B scale, choose
@@ -68,7 +69,9 @@ class SpectralCallback(Callback):
         fn = self.weights_fn
         if fn is None:
             from sorsa_repro.methods import effective_weights as fn
-        for name, w in fn(model):
+        # a LightningModule that wraps the adapted model as .model: effective_weights wants that model
+        inner = getattr(model, "model", None)
+        for name, w in fn(inner if isinstance(inner, torch.nn.Module) else model):
             if self.target_modules is None or parse_layer_name(name)[1] in self.target_modules:
                 yield name, w
 
