@@ -1,0 +1,258 @@
+"""Collect the run folders of one experiment and aggregate their accuracies over seeds.
+
+Reads only ``results/<experiment>/<run>/{result.json,config.yaml,metrics.csv}``. Runs are grouped
+by (method, rank, variant), where the variant is every key of result.json's "run" block besides
+experiment/method/rank/seed (e.g. ``ortho_mode`` or ``gamma`` in a sweep), so sweep variants are
+never averaged together.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from sorsa_repro.reporting.protocol import check_protocol
+from sorsa_repro.results import RESULT_FILE, load_result
+
+RUN_KEYS = ("experiment", "method", "rank", "seed")
+GROUP_KEYS = ["method", "rank", "variant"]
+METHOD_ORDER = ["full", "lora", "pissa", "sorsa"]  # paper order; other methods follow alphabetically
+METHOD_NAMES = {
+    "full": "Full FT",
+    "lora": "LoRA",
+    "pissa": "PiSSA",
+    "sorsa": "SORSA",
+    "dora": "DoRA",
+    "milora": "MiLoRA",
+    "olora": "OLoRA",
+    "corda": "CorDA",
+    "eva": "EVA",
+}
+BENCH_ORDER = ["gsm8k", "math", "math500", "math_500"]
+BENCH_NAMES = {"gsm8k": "GSM8K", "math": "MATH", "math500": "MATH-500", "math_500": "MATH-500"}
+GRADER_ORDER = ["metamath", "math_verify"]
+MODES = ("strict", "flexible")
+_FOLDER = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)$")
+
+
+def ordered(values, order: list[str]) -> list:
+    """``values`` in the fixed ``order`` first, the rest sorted: deterministic tables and legends."""
+    values = set(values)
+    return [v for v in order if v in values] + sorted(values - set(order))
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def bench_name(bench: str) -> str:
+    return BENCH_NAMES.get(bench, bench)
+
+
+def group_label(method: str, rank: int, variant: str = "") -> str:
+    label = method_name(method) + (f" r={rank}" if rank else "")
+    return label + (f" [{variant}]" if variant else "")
+
+
+@dataclass
+class Run:
+    """One run folder: its result.json (possibly empty) and resolved config."""
+
+    path: Path
+    result: dict
+    config: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def info(self) -> dict:
+        """The "run" block, falling back on the folder name ``<method>-r<rank>-s<seed>``."""
+        match = _FOLDER.match(self.name)
+        info = {k: match[k] for k in ("method", "rank", "seed")} if match else {"method": self.name}
+        return {**info, **self.result.get("run", {})}
+
+    @property
+    def method(self) -> str:
+        return str(self.info["method"])
+
+    @property
+    def rank(self) -> int:  # 0 stands for "no rank" (full fine-tuning)
+        return int(self.info.get("rank") or 0)
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.info.get("seed")
+        return None if seed is None else int(seed)
+
+    @property
+    def variant(self) -> str:
+        extra = {k: v for k, v in self.info.items() if k not in RUN_KEYS}
+        return ", ".join(f"{k}={extra[k]}" for k in sorted(extra))
+
+    @property
+    def status(self) -> str:
+        """ "ok" when it has eval scores; otherwise why not (shown in the tables' notes)."""
+        if not self.result:
+            return f"no {RESULT_FILE}"
+        train = self.result.get("train", {})
+        if train.get("status") == "failed":
+            error = str(train.get("error") or "no error recorded").strip().splitlines()
+            return f"training failed ({error[-1] if error else ''})"
+        if train.get("status") == "running":
+            return "still running"
+        if not any(ev.get("scores") for ev in self.result.get("eval", {}).values()):
+            return "no eval results"
+        return "ok"
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame | None:
+        path = self.path / "metrics.csv"
+        return pd.read_csv(path) if path.exists() else None
+
+
+def collect_runs(exp_dir: str | Path) -> list[Run]:
+    """Every run folder under ``exp_dir``, sorted by name."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"no results folder {exp_dir}")
+    runs = []
+    for path in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        config_path = path / "config.yaml"
+        config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
+        runs.append(Run(path, load_result(path), config))
+    if not runs:
+        raise FileNotFoundError(f"no run folders under {exp_dir}")
+    return runs
+
+
+@dataclass
+class Summary:
+    """Aggregated accuracies of one experiment, plus everything a reader must be told."""
+
+    experiment: str
+    runs: list[Run]  # every run folder, including failed ones
+    scores: pd.DataFrame  # one row per (run, benchmark, grader, mode): accuracy in percent
+    stats: pd.DataFrame  # GROUP_KEYS + benchmark, grader, mode -> mean, std (ddof=1), n
+    groups: pd.DataFrame  # GROUP_KEYS -> label, n_seeds, seeds, missing, trainable_params
+    notes: list[str]  # missing seeds, failed runs, inconsistencies: shown beside every table
+
+    @property
+    def ok_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "ok"]
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return ordered(self.scores["benchmark"], BENCH_ORDER)
+
+    def graders(self, bench: str) -> list[str]:
+        return ordered(self.scores.loc[self.scores["benchmark"] == bench, "grader"], GRADER_ORDER)
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({r for r in self.groups["rank"] if r})
+
+
+def _score_rows(run: Run) -> list[dict]:
+    """One row per benchmark x grader x mode, accuracy in percent."""
+    base = {"method": run.method, "rank": run.rank, "variant": run.variant, "run": run.name, "seed": run.seed}
+    return [
+        {**base, "benchmark": bench, "grader": grader, "mode": mode, "acc": 100.0 * float(score[mode])}
+        for bench, ev in run.result.get("eval", {}).items()
+        for grader, score in ev.get("scores", {}).items()
+        for mode in MODES
+        if score.get(mode) is not None
+    ]
+
+
+def sort_key(method: str, rank: int, variant: str = "") -> tuple:
+    """Paper methods first in paper order, then the others alphabetically; then rank, variant."""
+    index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return index, method, rank, variant
+
+
+def _sort_groups(df: pd.DataFrame) -> pd.DataFrame:
+    keys = [sort_key(m, r, v) for m, r, v in zip(df["method"], df["rank"], df["variant"], strict=True)]
+    return df.iloc[sorted(range(len(df)), key=lambda i: keys[i])]
+
+
+def summarize(
+    runs: list[Run], experiment: str, expected_seeds: list[int] | None = None, check: bool = True
+) -> Summary:
+    """Mean and sample std (ddof=1) over seeds of every benchmark x grader x mode accuracy.
+
+    Raises ``ProtocolMismatchError`` when the runs with results do not share one protocol.
+    Warns (and records a note) for groups with missing seeds and for runs without results.
+    """
+    ok = [r for r in runs if r.status == "ok"]
+    if check:
+        check_protocol(ok)
+    notes = [f"{r.name}: {r.status}; not included" for r in runs if r.status != "ok"]
+    scores = pd.DataFrame([row for r in ok for row in _score_rows(r)])
+    if scores.empty:
+        scores = pd.DataFrame(columns=[*GROUP_KEYS, "run", "seed", "benchmark", "grader", "mode", "acc"])
+    keys = [*GROUP_KEYS, "benchmark", "grader", "mode"]
+    stats = scores.groupby(keys)["acc"].agg(mean="mean", std="std", n="count").reset_index()
+
+    per_run = pd.DataFrame(
+        [
+            (r.method, r.rank, r.variant, r.seed, r.result.get("train", {}).get("trainable_params"))
+            for r in ok
+        ],
+        columns=[*GROUP_KEYS, "seed", "params"],
+    )
+    want = set(expected_seeds) if expected_seeds else set(per_run["seed"].dropna())
+    groups = []
+    for key, g in per_run.groupby(GROUP_KEYS, sort=False):
+        seeds = sorted(s for s in g["seed"].dropna().astype(int).unique())
+        missing = sorted(want - set(seeds))
+        label = group_label(*key)
+        params = sorted(g["params"].dropna().astype(int).unique())
+        if missing:
+            notes.append(f"{label}: {len(seeds)} of {len(want)} seeds; missing seed(s) {_join(missing)}")
+        if len(params) > 1:
+            notes.append(f"{label}: trainable params differ between seeds ({_join(params)})")
+        groups.append(
+            {
+                **dict(zip(GROUP_KEYS, key, strict=True)),
+                "label": label,
+                "n_seeds": len(seeds),
+                "seeds": _join(seeds),
+                "missing": _join(missing),
+                "trainable_params": params[0] if params else None,
+            }
+        )
+    groups = _sort_groups(
+        pd.DataFrame(
+            groups, columns=[*GROUP_KEYS, "label", "n_seeds", "seeds", "missing", "trainable_params"]
+        )
+    )
+    # a benchmark evaluated for fewer seeds than the group has is a hidden gap: say so
+    n_seeds = groups.set_index(GROUP_KEYS)["n_seeds"]
+    for row in stats.itertuples():
+        if row.n < n_seeds[(row.method, row.rank, row.variant)] and row.mode == "strict":
+            notes.append(
+                f"{group_label(row.method, row.rank, row.variant)}: {row.benchmark}/{row.grader} "
+                f"has {row.n} of {n_seeds[(row.method, row.rank, row.variant)]} seeds"
+            )
+    for note in notes:
+        warnings.warn(f"{experiment}: {note}", stacklevel=2)
+    return Summary(experiment, runs, scores, _sort_groups(stats), groups.reset_index(drop=True), notes)
+
+
+def load_experiment(
+    results_dir: str | Path, experiment: str, expected_seeds: list[int] | None = None
+) -> Summary:
+    """``summarize(collect_runs(results_dir / experiment))``."""
+    return summarize(collect_runs(Path(results_dir) / experiment), experiment, expected_seeds)
+
+
+def _join(values) -> str:
+    return ", ".join(str(v) for v in values)

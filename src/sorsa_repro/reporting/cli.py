@@ -1,0 +1,97 @@
+"""``sorsa-report {tables,plots,all,analysis} experiment=<name> [key=value ...]``.
+
+    python -m sorsa_repro.reporting.cli all experiment=mini
+    python -m sorsa_repro.reporting.cli tables experiment=paper_llama2_7b seeds=0,1,2
+
+Keys: experiment (required), results_dir=results, out_dir=paper_tables (outputs go to
+<out_dir>/<experiment>/), reference=<out_dir>/reference.yaml, seeds=<expected seeds, e.g. 0,1,2>.
+Every command also rewrites <out_dir>/<experiment>/README.md.
+
+``analysis`` is the hook for the spectral-analysis figures: it calls
+``sorsa_repro.analysis.figures.write_analysis_figures(experiment, results_dir, out_dir) -> list[Path]``;
+the README then lists their PNGs and tables under "Other figures and tables".
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from sorsa_repro.reporting.aggregate import load_experiment
+from sorsa_repro.reporting.figures import write_figures
+from sorsa_repro.reporting.protocol import ProtocolMismatchError
+from sorsa_repro.reporting.readme import write_readme
+from sorsa_repro.reporting.reference import load_reference
+from sorsa_repro.reporting.tables import write_tables
+
+COMMANDS = ("tables", "plots", "all", "analysis")
+ANALYSIS_MODULE = "sorsa_repro.analysis.figures"
+
+
+@dataclass
+class ReportArgs:
+    experiment: str = ""
+    results_dir: str = "results"
+    out_dir: str = "paper_tables"
+    reference: str = ""
+    seeds: str = ""
+
+
+def parse_args(argv: list[str]) -> tuple[str, ReportArgs]:
+    usage = f"usage: sorsa-report {{{','.join(COMMANDS)}}} experiment=<name> [key=value ...]; keys: "
+    usage += ", ".join(f.name for f in fields(ReportArgs))
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(usage)
+    args = ReportArgs()
+    for item in argv[1:]:
+        key, sep, value = item.partition("=")
+        if not sep or key not in {f.name for f in fields(ReportArgs)}:
+            raise SystemExit(f"bad argument {item!r}\n{usage}")
+        setattr(args, key, value)
+    if not args.experiment:
+        raise SystemExit(f"experiment=<name> is required\n{usage}")
+    return argv[0], args
+
+
+def run(command: str, args: ReportArgs) -> list[Path]:
+    """Do ``command``; returns the files written."""
+    out_dir = Path(args.out_dir) / args.experiment
+    seeds = [int(s) for s in args.seeds.strip("[]").split(",") if s.strip()] or None
+    summary = load_experiment(args.results_dir, args.experiment, seeds)
+    reference = load_reference(args.reference or Path(args.out_dir) / "reference.yaml")
+    written = []
+    if command in ("tables", "all"):
+        written += write_tables(summary, reference, out_dir)
+    if command in ("plots", "all"):
+        written += write_figures(summary, out_dir)
+    if command == "analysis":
+        if importlib.util.find_spec(ANALYSIS_MODULE) is None:
+            raise SystemExit(f"no spectral analysis: {ANALYSIS_MODULE} not found")
+        module = importlib.import_module(ANALYSIS_MODULE)
+        written += module.write_analysis_figures(args.experiment, args.results_dir, args.out_dir)
+    return [*written, write_readme(summary, reference, out_dir, args.results_dir)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    command, args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # missing seeds, failed runs: shown plainly
+            warnings.simplefilter("always")
+            paths = run(command, args)
+    except (ProtocolMismatchError, FileNotFoundError) as err:
+        print(f"sorsa-report: {err}", file=sys.stderr)
+        return 1
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"report: {paths[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

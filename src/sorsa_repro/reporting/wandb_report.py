@@ -1,0 +1,198 @@
+"""A W&B report of one experiment's sweep, built with wandb-workspaces (extra ``wandb-report``).
+
+    python -m sorsa_repro.reporting.wandb_report experiment=mini entity=<entity> project=<project>
+
+Online only: needs a W&B API key (``WANDB_API_KEY`` or ``wandb login``) and ``WANDB_MODE`` not
+offline/disabled. Offline it touches no network: it prints what it needs and points at the local
+report, paper_tables/<experiment>/README.md, and exits 0.
+
+The report holds the accuracy table (from result.json, as in main_table.md), loss curves of all
+methods (grouped by method: mean and min-max over seeds) and of each method's seeds, and a run
+comparer showing config differences. W&B key names are arguments; the defaults match Lightning's
+WandbLogger (``trainer/global_step``) and the metric names below.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sorsa_repro.reporting.aggregate import METHOD_ORDER, Summary, load_experiment, method_name, ordered
+from sorsa_repro.reporting.reference import load_reference
+from sorsa_repro.reporting.tables import accuracy_table, to_markdown
+
+
+@dataclass
+class WandbArgs:
+    experiment: str = ""
+    entity: str = ""  # default: $WANDB_ENTITY, else the runs' logger config
+    project: str = ""  # default: $WANDB_PROJECT, else the runs' logger config
+    results_dir: str = "results"
+    out_dir: str = "paper_tables"
+    experiment_key: str = "experiment_name"  # W&B config key holding the experiment name (conf/train.yaml)
+    method_key: str = "method.name"  # W&B config key holding the method name
+    x_key: str = "trainer/global_step"
+    loss_key: str = "train/loss"
+    ortho_key: str = "train/ortho_penalty"
+
+
+def offline_reason(env=None) -> str | None:
+    """Why the report cannot be built online, or None when a key is available and mode allows it."""
+    env = os.environ if env is None else env
+    mode = env.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        return f"WANDB_MODE={mode}"
+    if env.get("WANDB_API_KEY"):
+        return None
+    host = urlparse(env.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:  # `wandb login` stores the key in ~/.netrc
+        if netrc.netrc(env.get("NETRC") or os.path.expanduser("~/.netrc")).authenticators(host):
+            return None
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "no W&B API key: WANDB_API_KEY unset and no `wandb login` entry in ~/.netrc"
+
+
+def offline_message(args: WandbArgs, reason: str) -> str:
+    exp_dir = Path(args.results_dir) / args.experiment
+    offline_runs = sorted(
+        str(p) for p in [*Path("wandb").glob("offline-run-*"), *exp_dir.glob("*/wandb/offline-run-*")]
+    )
+    sync = (
+        f"wandb sync {' '.join(offline_runs)}" if offline_runs else "wandb sync <wandb/offline-run-* folders>"
+    )
+    local = Path(args.out_dir) / args.experiment / "README.md"
+    return "\n".join(
+        [
+            f"W&B report for experiment {args.experiment!r} not built: offline ({reason}); no network used.",
+            "To build it online you need:",
+            "  1. a W&B API key: export WANDB_API_KEY=<key> (or `wandb login`); WANDB_MODE unset or online",
+            f"  2. the runs on W&B: {sync}" + ("" if offline_runs else "  (no offline runs found here)"),
+            f"  3. python -m sorsa_repro.reporting.wandb_report experiment={args.experiment} "
+            f"entity={args.entity or '<entity>'} project={args.project or '<project>'}",
+            f"The local report needs no network: {local}",
+            f"  (regenerate it with: python -m sorsa_repro.reporting.cli all experiment={args.experiment})",
+        ]
+    )
+
+
+def build_report(summary: Summary, args: WandbArgs, reference: dict | None = None):
+    """The ``wandb_workspaces`` Report object (not saved: ``report.save()`` needs the network)."""
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    exp = summary.experiment
+    in_exp = expr.Config(args.experiment_key) == exp
+
+    def runset(name, *filters, groupby=()):
+        return wr.Runset(
+            entity=args.entity,
+            project=args.project,
+            name=name,
+            filters=[in_exp, *filters],
+            groupby=list(groupby),
+        )
+
+    def loss_plot(title, grouped):
+        extra = {"groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"} if grouped else {}
+        return wr.LinePlot(
+            title=title,
+            x=args.x_key,
+            y=[args.loss_key],
+            smoothing_type="exponential",
+            smoothing_factor=0.6,
+            **extra,
+        )
+
+    by_method = [f"config.{args.method_key}"]
+    table = accuracy_table(summary, "strict", reference or {})
+    blocks = [
+        wr.P(
+            text=f"Experiment {exp}: {len(summary.ok_runs)} runs with eval results. Accuracies come from the "
+            f"runs' result.json files, the same numbers as paper_tables/{exp}/main_table.md."
+        ),
+        wr.H2(text="Accuracy"),
+        wr.MarkdownBlock(text=to_markdown(table)),
+        wr.H2(text="Training loss, all methods"),
+        wr.PanelGrid(
+            runsets=[runset(exp, groupby=by_method)],
+            panels=[
+                loss_plot("training loss (mean, min-max over seeds)", grouped=True),
+                wr.LinePlot(
+                    title="SORSA orthonormal penalty",
+                    x=args.x_key,
+                    y=[args.ortho_key],
+                    groupby_aggfunc="mean",
+                    groupby_rangefunc="minmax",
+                ),
+            ],
+        ),
+    ]
+    for method in ordered(summary.groups["method"], METHOD_ORDER):
+        blocks += [
+            wr.H3(text=f"Training loss: {method_name(method)}"),
+            wr.PanelGrid(
+                runsets=[runset(method_name(method), expr.Config(args.method_key) == method)],
+                panels=[loss_plot(f"{method_name(method)}: training loss per seed", grouped=False)],
+            ),
+        ]
+    blocks += [
+        wr.H2(text="Runs and config differences"),
+        wr.PanelGrid(runsets=[runset(exp, groupby=by_method)], panels=[wr.RunComparer(diff_only="split")]),
+    ]
+    return wr.Report(
+        entity=args.entity,
+        project=args.project,
+        title=f"SORSA replication: {exp}",
+        description="Loss curves, accuracies and config differences per method.",
+        blocks=blocks,
+    )
+
+
+def _from_configs(summary: Summary, key: str) -> str:
+    for run in summary.runs:
+        logger = run.config.get("logger") or {}
+        for node in [logger, *[v for v in logger.values() if isinstance(v, dict)]]:
+            if node.get(key):
+                return str(node[key])
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = WandbArgs()
+    names = {f.name for f in fields(WandbArgs)}
+    for item in sys.argv[1:] if argv is None else argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise SystemExit(f"bad argument {item!r}; keys: {', '.join(sorted(names))}")
+        setattr(args, key, value)
+    if not args.experiment:
+        raise SystemExit("experiment=<name> is required")
+    args.entity = args.entity or os.environ.get("WANDB_ENTITY", "")
+    args.project = args.project or os.environ.get("WANDB_PROJECT", "")
+    reason = offline_reason()
+    if reason:
+        print(offline_message(args, reason))
+        return 0
+    summary = load_experiment(args.results_dir, args.experiment)
+    args.project = args.project or _from_configs(summary, "project")
+    if not args.project:
+        raise SystemExit(
+            "project=<project> is required (or WANDB_PROJECT, or logger.project in the runs' config)"
+        )
+    args.entity = args.entity or _from_configs(summary, "entity")
+    if not args.entity:
+        import wandb
+
+        args.entity = wandb.Api().default_entity  # the API key's user
+    report = build_report(summary, args, load_reference(Path(args.out_dir) / "reference.yaml")).save()
+    print(f"W&B report: {report.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
