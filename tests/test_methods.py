@@ -1,0 +1,516 @@
+"""Invariants of the adapter methods on a tiny random Llama (2 layers, hidden 64, 14 target linears).
+
+Tolerances are "relative to scale": max |actual - expected| <= tol * max |expected|.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import peft.tuners.lora.layer as peft_lora_layer
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from sorsa_repro.methods import (
+    DEFAULT_TARGETS,
+    apply_method,
+    count_parameters,
+    find_targets,
+    load_adapter,
+    merge_model,
+    merge_sorsa,
+    orthonormal_penalty,
+    save_adapter,
+    trainable_params_on_meta,
+)
+from sorsa_repro.methods.peft_methods import lora_layers
+from sorsa_repro.methods.sorsa import SORSALinear, sorsa_layers, top_r_svd
+from sorsa_repro.models import tiny_llama_config
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+RANK = 8
+METHODS = ["full", "lora", "pissa", "pissa_niter_4", "dora", "olora", "sorsa"]
+ADAPTERS = ["lora", "pissa", "dora", "olora", "sorsa"]
+PEFT_METHODS = ["lora", "pissa", "dora", "olora"]
+
+# Logits of an adapted model at init against the base model's, relative to the logits' scale.
+# fp32: only the SVD and the residual subtraction round (measured <= 3e-7 on the tiny model).
+# bf16: the residual W - U S V^T is rounded to bf16 (SORSA and PiSSA keep fp32 adapters and a bf16
+# residual) and so are the logits; one bf16 ulp is 2^-8 = 3.9e-3 of scale, measured 4.6e-3 (SORSA) and
+# 6.1e-3 (PiSSA); we allow about 5 ulps.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@torch.no_grad()
+def logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=input_ids).logits.float()
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|."""
+    actual, expected = actual.detach().float(), expected.detach().float()
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@torch.no_grad()
+def perturb_trainable(model: nn.Module, seed: int = 1, scale: float = 0.05) -> None:
+    """Simulate training: add seeded noise to every trainable parameter."""
+    gen = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.add_(scale * torch.randn(param.shape, generator=gen).to(param.dtype))
+
+
+def target_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{target name: copy of its weight} for the default target modules."""
+    return {n: model.get_submodule(n).weight.detach().clone() for n in find_targets(model, DEFAULT_TARGETS)}
+
+
+def orthonormality_error(q: torch.Tensor) -> float:
+    """max |Q^T Q - I| for a matrix whose columns should be orthonormal."""
+    q = q.detach().double()
+    return (q.T @ q - torch.eye(q.shape[1], dtype=q.dtype)).abs().max().item()
+
+
+def forbid_svd(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Make every SVD (torch.linalg.svd, torch.svd_lowrank, peft's own import of it) record and raise.
+
+    Returns the list of recorded calls. AssertionError is not a ValueError, so a test expecting a
+    ValueError fails if an SVD runs first.
+    """
+    calls = []
+
+    def forbidden(*args, **kwargs):
+        calls.append(tuple(args[0].shape) if args else None)
+        raise AssertionError("an SVD ran")
+
+    monkeypatch.setattr(torch.linalg, "svd", forbidden)
+    monkeypatch.setattr(torch, "svd_lowrank", forbidden)
+    monkeypatch.setattr(peft_lora_layer, "svd_lowrank", forbidden)
+    return calls
+
+
+def sorsa_layer(out_f: int = 48, in_f: int = 40, rank: int = RANK, bias: bool = False, seed: int = 0):
+    """A standalone SORSA layer on a seeded random Linear (out_f x in_f)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SORSALinear(nn.Linear(in_f, out_f, bias=bias), rank)
+
+
+# ---------------------------------------------------------------- output at init
+
+
+INIT_CASES = [(m, "float32") for m in METHODS] + [("sorsa", "bfloat16"), ("pissa", "bfloat16")]
+
+
+@pytest.mark.parametrize(("method", "dtype"), INIT_CASES)
+def test_adapted_model_equals_base_at_init(tiny_model_factory, tiny_input_ids, method, dtype):
+    expected = logits(tiny_model_factory(dtype=dtype), tiny_input_ids)
+    model = apply_method(tiny_model_factory(dtype=dtype), {"name": method, "rank": RANK})
+    assert rel_err(logits(model, tiny_input_ids), expected) <= TOL[DTYPES[dtype]]
+
+
+# ---------------------------------------------------------------- factors at init
+
+
+def test_sorsa_factors_reconstruct_weight_and_are_orthonormal(tiny_model_factory):
+    base = tiny_model_factory()
+    originals = target_weights(base)
+    model = apply_method(base, {"name": "sorsa", "rank": RANK})
+    layers = sorsa_layers(model)
+    assert set(layers) == set(originals)
+    for name, layer in layers.items():
+        w = originals[name]
+        u, s, vt = layer.sorsa_U, layer.sorsa_S, layer.sorsa_Vt
+        assert rel_err(layer.weight + (u * s) @ vt, w) <= 1e-6
+        assert orthonormality_error(u) <= 1e-5 and orthonormality_error(vt.T) <= 1e-5
+        torch.testing.assert_close(s, torch.linalg.svdvals(w)[:RANK], rtol=1e-5, atol=0)
+        # the residual is what is left after removing the top r components: its top singular value is s_{r+1}
+        torch.testing.assert_close(
+            torch.linalg.svdvals(layer.weight)[0], torch.linalg.svdvals(w)[RANK], rtol=1e-4, atol=0
+        )
+    assert orthonormal_penalty(model).item() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["pissa", "pissa_niter_4"])
+def test_pissa_factors_reconstruct_weight_and_are_orthonormal(tiny_model_factory, method):
+    base = tiny_model_factory()
+    originals = target_weights(base)
+    model = apply_method(base, {"name": method, "rank": RANK})
+    layers = lora_layers(model)
+    assert {n.removeprefix("base_model.model.") for n in layers} == set(originals)
+    for name, layer in layers.items():
+        w = originals[name.removeprefix("base_model.model.")]
+        # B = U sqrt(S), A = sqrt(S) V^T
+        b, a = layer.lora_B["default"].weight, layer.lora_A["default"].weight
+        residual = layer.get_base_layer().weight
+        assert rel_err(residual + layer.scaling["default"] * b @ a, w) <= 1e-6
+        col_norms, row_norms = b.norm(dim=0), a.norm(dim=1)  # both sqrt(s_i)
+        torch.testing.assert_close(col_norms, row_norms, rtol=1e-5, atol=0)
+        assert orthonormality_error(b / col_norms) <= 1e-5
+        assert orthonormality_error((a / row_norms[:, None]).T) <= 1e-5
+        if method == "pissa":  # the exact SVD gives the top singular values themselves
+            torch.testing.assert_close(col_norms**2, torch.linalg.svdvals(w)[:RANK], rtol=1e-5, atol=0)
+
+
+# ---------------------------------------------------------------- merged == unmerged
+
+
+def test_sorsa_layer_merge_unmerge_round_trip():
+    layer = sorsa_layer(bias=True)
+    perturb_trainable(layer)
+    residual = layer.weight.detach().clone()
+    x = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        unmerged = layer(x)
+        assert rel_err(F.linear(x, residual, layer.bias), unmerged) > 0.1  # the adapter matters
+        layer.merge()
+        assert layer.merged
+        merged = layer(x)
+        layer.unmerge()
+        again = layer(x)
+    assert rel_err(merged, unmerged) <= 1e-5
+    assert not layer.merged and rel_err(layer.weight, residual) <= 1e-6
+    assert rel_err(again, unmerged) <= 1e-5
+
+
+def test_merge_sorsa_gives_plain_model_loadable_by_transformers(tiny_model_factory, tiny_input_ids, tmp_path):
+    base_logits = logits(tiny_model_factory(), tiny_input_ids)
+    model = apply_method(tiny_model_factory(), {"name": "sorsa", "rank": RANK})
+    perturb_trainable(model)
+    unmerged = logits(model, tiny_input_ids)
+    assert rel_err(unmerged, base_logits) > 1e-2  # the perturbation changed the model
+
+    merged = merge_sorsa(model)
+    assert not sorsa_layers(merged)
+    assert all(type(merged.get_submodule(n)) is nn.Linear for n in find_targets(merged, DEFAULT_TARGETS))
+    assert not any("sorsa" in n for n, _ in merged.named_parameters())
+    merged_logits = logits(merged, tiny_input_ids)
+    assert rel_err(merged_logits, unmerged) <= 1e-5
+
+    merged.save_pretrained(tmp_path)
+    assert not any("sorsa" in k for k in load_file(str(tmp_path / "model.safetensors")))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # plain transformers, no project code
+    assert torch.equal(logits(reloaded, tiny_input_ids), merged_logits)
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_peft_merge_model_matches_unmerged(tiny_model_factory, tiny_input_ids, method):
+    base_logits = logits(tiny_model_factory(), tiny_input_ids)
+    model = apply_method(tiny_model_factory(), {"name": method, "rank": RANK})
+    perturb_trainable(model)
+    unmerged = logits(model, tiny_input_ids)
+    assert rel_err(unmerged, base_logits) > 1e-2
+
+    merged = merge_model(model)
+    assert not isinstance(merged, PeftModel) and not lora_layers(merged)
+    assert rel_err(logits(merged, tiny_input_ids), unmerged) <= 1e-5
+
+
+# ---------------------------------------------------------------- adapter save / load
+
+
+# fp32 for every adapter method; in bf16 SORSA, LoRA and DoRA also restore bit for bit
+EXACT_ROUND_TRIPS = [(m, "float32") for m in [*ADAPTERS, "pissa_niter_4"]] + [
+    (m, "bfloat16") for m in ("sorsa", "lora", "dora")
+]
+
+
+@pytest.mark.parametrize(("method", "dtype"), EXACT_ROUND_TRIPS)
+def test_adapter_round_trip_is_bit_identical(tiny_model_factory, tiny_input_ids, tmp_path, method, dtype):
+    model = apply_method(tiny_model_factory(seed=3, dtype=dtype), {"name": method, "rank": RANK})
+    perturb_trainable(model)
+    trained = logits(model, tiny_input_ids)
+    save_adapter(model, tmp_path)
+
+    fresh = tiny_model_factory(seed=3, dtype=dtype)
+    with pytest.MonkeyPatch.context() as mp:  # the loader rebuilds residuals from stored factors, no SVD
+        forbid_svd(mp)
+        loaded = load_adapter(fresh, tmp_path)
+    assert torch.equal(logits(loaded, tiny_input_ids), trained)
+
+
+@pytest.mark.parametrize("method", ["pissa", "olora"])
+def test_bf16_pissa_olora_round_trip_within_one_bf16_ulp(
+    tiny_model_factory, tiny_input_ids, tmp_path, method
+):
+    """Known limit, from peft: in a bf16 model peft computes W_res = W - B0 A0 with fp32 factors, then
+    rounds B0, A0 to bf16 (``_move_adapter_to_device_of_base_layer``; they are upcast to fp32 again
+    afterwards). Only the rounded factors exist after init, so a loader (ours rebuilds
+    bf16(W - B0 A0) from them) cannot reproduce peft's residual bit for bit: the factors come back
+    exactly, the residual within one bf16 ulp at the weight's scale (the ulp of max |W|, which is
+    2^-8 to 2^-7 of max |W|; measured up to 4.3e-3 of it). fp32 models round-trip exactly (test above)."""
+    model = apply_method(tiny_model_factory(seed=3, dtype="bfloat16"), {"name": method, "rank": RANK})
+    perturb_trainable(model)
+    trained = logits(model, tiny_input_ids)
+    save_adapter(model, tmp_path)
+    loaded = load_adapter(tiny_model_factory(seed=3, dtype="bfloat16"), tmp_path)
+
+    before, after = lora_layers(model), lora_layers(loaded)
+    assert set(before) == set(after)
+    for name, layer in before.items():
+        for key in ("lora_A", "lora_B"):
+            assert torch.equal(
+                getattr(layer, key)["default"].weight, getattr(after[name], key)["default"].weight
+            )
+        w_trained, w_loaded = layer.get_base_layer().weight, after[name].get_base_layer().weight
+        # bf16 keeps 8 significant bits: one ulp in the binade of max |W|
+        ulp_at_scale = 2.0 ** (math.floor(math.log2(w_trained.abs().max().item())) - 7)
+        assert (w_loaded.float() - w_trained.float()).abs().max().item() <= ulp_at_scale
+    assert rel_err(logits(loaded, tiny_input_ids), trained) <= TOL[torch.bfloat16]
+
+
+def test_save_adapter_refuses_full_fine_tuning(tiny_model_factory, tmp_path):
+    model = apply_method(tiny_model_factory(), {"name": "full", "rank": RANK})
+    with pytest.raises(ValueError, match="no adapter"):
+        save_adapter(model, tmp_path)
+
+
+# ---------------------------------------------------------------- trainable parameters
+
+
+def expected_trainable(model: nn.Module, method: str) -> tuple[set[str], int]:
+    """(names, count) of the parameters ``method`` should train, from the base model's targets."""
+    if method == "full":
+        return {n for n, _ in model.named_parameters()}, count_parameters(model)[1]
+    names, count = set(), 0
+    for target in find_targets(model, DEFAULT_TARGETS):
+        out_f, in_f = model.get_submodule(target).weight.shape
+        count += RANK * (in_f + out_f)
+        if method == "sorsa":
+            names |= {f"{target}.sorsa_{k}" for k in ("U", "S", "Vt")}
+            count += RANK
+            continue
+        prefix = f"base_model.model.{target}"
+        names |= {f"{prefix}.lora_A.default.weight", f"{prefix}.lora_B.default.weight"}
+        if method == "dora":
+            names.add(f"{prefix}.lora_magnitude_vector.default.weight")
+            count += out_f
+    return names, count
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_only_intended_parameters_are_trainable(tiny_model_factory, method):
+    names, count = expected_trainable(tiny_model_factory(), method)
+    model = apply_method(tiny_model_factory(), {"name": method, "rank": RANK})
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == names
+    assert count_parameters(model)[0] == count
+    # the meta-device helper agrees with the real model
+    assert trainable_params_on_meta(tiny_llama_config(), {"name": method, "rank": RANK})[0] == count
+
+
+def test_trainable_params_on_meta_llama2_7b(monkeypatch):
+    llama2_7b = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    )
+    built, from_config = [], AutoModelForCausalLM.from_config
+
+    def recording_from_config(*args, **kwargs):
+        built.append(from_config(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", recording_from_config)
+    svd_calls = forbid_svd(monkeypatch)  # no weights, so no SVD
+
+    h, ffn, layers, vocab, r = 4096, 11008, 32, 32000, 128
+    # per layer: q, k, v, o are h x h; gate, up are ffn x h; down is h x ffn
+    shapes = [(h, h)] * 4 + [(ffn, h)] * 3
+    lora = layers * sum(r * (o + i) for o, i in shapes)
+    assert lora == 319_815_680
+    sorsa = lora + layers * len(shapes) * r  # + the r singular values of each target
+    assert sorsa == 319_844_352  # the paper's "320M"
+    full = 2 * vocab * h + layers * (sum(o * i for o, i in shapes) + 2 * h) + h  # embed, lm_head, norms
+    assert full == 6_738_415_616
+
+    assert trainable_params_on_meta(llama2_7b, {"name": "sorsa", "rank": r})[0] == sorsa
+    assert trainable_params_on_meta(llama2_7b, {"name": "full", "rank": r}) == (full, full)
+    assert trainable_params_on_meta(llama2_7b, {"name": "lora", "rank": r})[0] == lora
+    assert len(built) == 3 and svd_calls == []
+    assert all(p.device.type == "meta" for model in built for p in model.parameters())
+
+
+# ---------------------------------------------------------------- the orthonormal penalty
+
+
+def test_penalty_matches_hand_computed_formula():
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(48, 40, 8), (24, 64, 6), (32, 32, 4)]  # (out, in, rank)
+    model = nn.ModuleList(sorsa_layer(o, i, r, seed=k) for k, (o, i, r) in enumerate(shapes))
+    with torch.no_grad():  # non-orthonormal factors
+        for layer in model:
+            layer.sorsa_U.copy_(torch.randn(layer.sorsa_U.shape, generator=gen) * 0.4)
+            layer.sorsa_Vt.copy_(torch.randn(layer.sorsa_Vt.shape, generator=gen) * 0.3)
+
+    def frobenius_of_gram_minus_identity(m: np.ndarray) -> float:  # m: r x n, rows are the vectors
+        r = m.shape[0]
+        total = 0.0
+        for i in range(r):
+            for j in range(r):
+                total += (float(np.dot(m[i], m[j])) - (1.0 if i == j else 0.0)) ** 2
+        return total**0.5
+
+    terms = []
+    for layer in model:
+        terms.append(frobenius_of_gram_minus_identity(layer.sorsa_U.detach().double().numpy().T))
+        terms.append(frobenius_of_gram_minus_identity(layer.sorsa_Vt.detach().double().numpy()))
+    expected = sum(terms) / (2 * len(model))
+
+    penalty = orthonormal_penalty(model)
+    assert penalty.item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 1.0  # the factors really are far from orthonormal
+
+    penalty.backward()  # the penalty acts on the singular vectors only
+    for layer in model:
+        assert layer.sorsa_U.grad.abs().sum() > 0 and layer.sorsa_Vt.grad.abs().sum() > 0
+        assert layer.sorsa_S.grad is None
+
+
+def test_penalty_needs_sorsa_layers():
+    with pytest.raises(ValueError, match="no SORSA layers"):
+        orthonormal_penalty(nn.Sequential(nn.Linear(4, 4)))
+
+
+# ---------------------------------------------------------------- SVD
+
+
+def decaying_spectrum_matrix(out_f=256, in_f=512, decay=0.9, seed=0) -> torch.Tensor:
+    """U diag(decay**i) V^T with random orthonormal U (out_f x out_f) and V (in_f x out_f)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(out_f, out_f, generator=gen, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(in_f, out_f, generator=gen, dtype=torch.float64))[0]
+    s = decay ** torch.arange(out_f, dtype=torch.float64)
+    return ((u * s) @ v.T).float()
+
+
+# relative Frobenius error of the randomized top-32 reconstruction against the exact one;
+# measured: niter=1 2.5e-4, niter=2 6.4e-6, niter=4 1.2e-6 (the fp32 floor), niter=0 1.6e-2
+RANDOMIZED_SVD_BOUND = {1: 1e-3, 2: 5e-5, 4: 1e-5}
+
+
+@pytest.mark.parametrize("niter", sorted(RANDOMIZED_SVD_BOUND))
+def test_randomized_svd_error_and_determinism(niter):
+    w, r = decaying_spectrum_matrix(), 32
+    u, s, vt = top_r_svd(w, r, "exact")
+    exact = (u * s) @ vt
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        rng_state = torch.random.get_rng_state()
+        u1, s1, vt1 = top_r_svd(w, r, "randomized", niter)
+        assert torch.equal(torch.random.get_rng_state(), rng_state)  # seeded privately, global RNG untouched
+        torch.manual_seed(2)  # whatever the global RNG's state, the same result
+        u2, s2, vt2 = top_r_svd(w, r, "randomized", niter)
+    assert torch.equal(u1, u2) and torch.equal(s1, s2) and torch.equal(vt1, vt2)
+
+    assert u1.shape == (256, r) and s1.shape == (r,) and vt1.shape == (r, 512)
+    error = ((u1 * s1) @ vt1 - exact).norm() / exact.norm()
+    assert error <= RANDOMIZED_SVD_BOUND[niter]
+    assert orthonormality_error(u1) <= 1e-5 and orthonormality_error(vt1.T) <= 1e-5
+
+
+def test_randomized_svd_with_no_power_iteration_is_worse():
+    """Control for the bounds above: without subspace iterations the error is far above them."""
+    w, r = decaying_spectrum_matrix(), 32
+    u, s, vt = top_r_svd(w, r, "exact")
+    u0, s0, vt0 = top_r_svd(w, r, "randomized", 0)
+    exact = (u * s) @ vt
+    assert ((u0 * s0) @ vt0 - exact).norm() / exact.norm() > 10 * RANDOMIZED_SVD_BOUND[1]
+
+
+def test_svd_runs_in_fp32_for_a_bf16_model(tiny_model_factory):
+    base = tiny_model_factory(dtype="bfloat16")
+    originals = target_weights(base)
+    model = apply_method(base, {"name": "sorsa", "rank": RANK})
+    for name, layer in sorsa_layers(model).items():
+        w = originals[name]
+        assert layer.weight.dtype == torch.bfloat16
+        assert {layer.sorsa_U.dtype, layer.sorsa_S.dtype, layer.sorsa_Vt.dtype} == {torch.float32}
+        u, s, vt = torch.linalg.svd(w.float(), full_matrices=False)  # fp32 SVD of the upcast bf16 weight
+        u, s, vt = u[:, :RANK], s[:RANK], vt[:RANK]
+        sign = torch.sign((u * layer.sorsa_U).sum(0))
+        # far tighter than a bf16 SVD could be (bf16 eps is 7.8e-3)
+        torch.testing.assert_close(layer.sorsa_U, u * sign, rtol=0, atol=1e-5)
+        torch.testing.assert_close(layer.sorsa_Vt, vt * sign[:, None], rtol=0, atol=1e-5)
+        torch.testing.assert_close(layer.sorsa_S, s, rtol=1e-6, atol=0)
+        # the residual is the fp32 difference cast once to bf16 (default bf16 tolerance: one rounding)
+        torch.testing.assert_close(layer.weight, (w.float() - (u * s) @ vt).to(torch.bfloat16))
+
+
+def test_sorsa_forward_never_saves_a_dense_update():
+    """Only the frozen weight may be an (out x in) tensor saved for backward."""
+    layer = sorsa_layer(48, 40)
+    perturb_trainable(layer)
+    x = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(4), requires_grad=True)
+
+    def saved_dense(forward) -> tuple[list, bool]:
+        saved = []
+
+        def pack(t):
+            saved.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward().square().sum().backward()
+        # an (out x in) matrix, or its transpose (F.linear saves W^T for a batched input)
+        dense = [t for t in saved if sorted(t.shape) == [40, 48] and t.data_ptr() != layer.weight.data_ptr()]
+        weight_saved = any(t.data_ptr() == layer.weight.data_ptr() for t in saved)
+        return dense, weight_saved
+
+    dense, weight_saved = saved_dense(lambda: layer(x))
+    assert dense == [] and weight_saved
+    assert all(p.grad is not None for p in (layer.sorsa_U, layer.sorsa_S, layer.sorsa_Vt))
+    # control: the reference's dense forward, x (W_res + U S V^T)^T, is caught by the same check
+    dense, _ = saved_dense(
+        lambda: F.linear(x, layer.weight + (layer.sorsa_U * layer.sorsa_S) @ layer.sorsa_Vt)
+    )
+    assert len(dense) >= 1
+
+
+# ---------------------------------------------------------------- bad input
+
+
+BAD_CONFIGS = [
+    pytest.param({"name": "qlora"}, "unknown method 'qlora'", id="unknown-method"),
+    pytest.param({"rank": 0}, "rank must be a positive integer, got 0", id="rank-0"),
+    pytest.param({"rank": -4}, "rank must be a positive integer, got -4", id="rank-negative"),
+    pytest.param(  # k_proj is 32 x 64 in the tiny model
+        {"rank": 33},
+        r"rank 33 is larger than min\(out, in\) = 32 of model\.layers\.0\.self_attn\.k_proj",
+        id="rank-too-large",
+    ),
+    pytest.param(
+        {"target_modules": ["qkv_proj"]}, r"target_modules \['qkv_proj'\] match no nn\.Linear", id="no-target"
+    ),
+    pytest.param({"alpha": 0}, "alpha must be > 0", id="alpha-0"),
+    pytest.param({"alpha": -8.0}, "alpha must be > 0", id="alpha-negative"),
+    pytest.param({"rnak": 8}, r"unknown method config keys \['rnak'\]", id="unknown-key"),
+]
+
+
+@pytest.mark.parametrize("method", ["sorsa", "pissa", "lora"])
+@pytest.mark.parametrize(("override", "message"), BAD_CONFIGS)
+def test_bad_config_raises_before_any_svd(tiny_model_factory, monkeypatch, method, override, message):
+    model = tiny_model_factory()
+    svd_calls = forbid_svd(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        apply_method(model, {"name": method, "rank": RANK, **override})
+    assert svd_calls == []
+    # nothing was changed: no adapter layers, nothing frozen
+    assert not sorsa_layers(model) and not lora_layers(model)
+    assert all(p.requires_grad for p in model.parameters())
