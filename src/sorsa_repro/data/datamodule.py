@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .sampler import ResumableSampler
 from .sources import TRAIN_DATASETS, data_identity, load_train_examples
 from .tokenize import LONG_PROMPT_MODES, TRUNCATION_MODES, PadCollator, encode_examples, pad_token_id
 
@@ -21,6 +21,16 @@ class EncodedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
+
+
+class ResumableLoader(DataLoader):
+    """Tells Lightning the loader resumes mid-epoch (its sampler skips what was consumed)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class MathDataModule(L.LightningDataModule):
@@ -104,13 +114,18 @@ class MathDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        # A fresh generator per call: the same seed gives the same order every time a run starts.
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ResumableSampler(len(self.train_dataset), self.seed, rank, world)
+        if trainer is not None:
+            # Lightning restores the loop's progress before asking for the loader: on resume, skip the
+            # batches of this epoch that were already consumed, so the run continues on the same data
+            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            sampler.skip(consumed * self.batch_size)
+        return ResumableLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
+            sampler=sampler,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             drop_last=self.drop_last,

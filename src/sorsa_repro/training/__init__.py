@@ -1,0 +1,1 @@
+"""Training: the LightningModule and the run task that writes a run folder."""

@@ -1,0 +1,178 @@
+"""The LightningModule: a base model adapted by one method, trained under the paper's protocol."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
+
+ORTHO_MODES = ("reference", "decoupled", "loss")
+METRIC_COLUMNS = ("step", "loss", "ortho_penalty", "lr", "grad_norm", "tokens_per_s")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class FineTuneModule(L.LightningModule):
+    """Wraps an adapted model (``self.model``).
+
+    The orthonormal regularizer of SORSA enters in one of three modes (DESIGN.md section 2):
+    ``reference``: after clipping, add the gradient of gamma / (lr * k) * L_orth to the factors'
+    gradients (lr: base learning rate, k: accumulation steps), as the reference trainer does;
+    ``decoupled``: a separate SGD step of size gamma on L_orth after the optimizer step;
+    ``loss``: gamma * L_orth added to the training loss.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        lr: float,
+        total_steps: int,
+        accumulate: int = 1,
+        gamma: float = 0.0,
+        ortho_mode: str = "reference",
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        grad_clip: float | None = 1.0,
+        metrics_path: str | Path | None = None,
+    ):
+        super().__init__()
+        if ortho_mode not in ORTHO_MODES:
+            raise ValueError(f"unknown ortho_mode {ortho_mode!r}; use one of {ORTHO_MODES}")
+        self.model = model.train()
+        self.lr, self.total_steps, self.accumulate = lr, total_steps, accumulate
+        self.gamma, self.ortho_mode = gamma, ortho_mode
+        self.weight_decay, self.warmup_ratio, self.grad_clip = weight_decay, warmup_ratio, grad_clip
+        self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.sorsa = bool(sorsa_layers(model))
+        self.strict_loading = False  # checkpoints hold only the trainable parameters
+        self.last_metrics: dict = {"step": 0}
+        self._reset_window()
+
+    # ---- training ----
+    def training_step(self, batch, batch_idx):
+        if self._window["n"] == 0:
+            self._window["start"] = time.perf_counter()
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at optimizer step {self.global_step + 1}; "
+                "the last checkpoint is kept. Lower the learning rate or use fp32/bf16-mixed precision."
+            )
+        self._window["loss"] += float(loss.detach())
+        self._window["n"] += 1
+        self._window["tokens"] += int(batch["attention_mask"].sum())
+        if self.sorsa and self.ortho_mode == "loss" and self.gamma:
+            loss = loss + self.gamma * orthonormal_penalty(self.model)
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        params = self.trainable_parameters()
+        max_norm = self.grad_clip if self.grad_clip else math.inf
+        self._window["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        self._window["lr"] = optimizer.param_groups[0]["lr"]
+        if self.sorsa and self.ortho_mode == "reference" and self.gamma:
+            self.add_reference_penalty_grad()
+
+    def add_reference_penalty_grad(self):
+        """grad += gamma / (lr * k) * dL_orth: unclipped, then through AdamW with the task gradient."""
+        coef = self.gamma / (self.lr * self.accumulate)
+        for param, grad in zip(*self._penalty_grads(), strict=True):
+            param.grad.add_(grad, alpha=coef)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.sorsa and self.ortho_mode == "decoupled" and self.gamma:
+            self.decoupled_penalty_step()
+        self._record_step()
+
+    @torch.no_grad()
+    def decoupled_penalty_step(self):
+        """W <- W - gamma * dL_orth/dW after the optimizer step (the paper's equation, constant gamma)."""
+        for param, grad in zip(*self._penalty_grads(), strict=True):
+            param.sub_(grad, alpha=self.gamma)
+
+    def _penalty_grads(self):
+        factors = [p for layer in sorsa_layers(self.model).values() for p in (layer.sorsa_U, layer.sorsa_Vt)]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(orthonormal_penalty(self.model), factors)
+        return factors, grads
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        warmup = math.ceil(self.warmup_ratio * self.total_steps)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- per optimizer step metrics ----
+    def _reset_window(self):
+        self._window = {
+            "loss": 0.0,
+            "n": 0,
+            "tokens": 0,
+            "start": time.perf_counter(),
+            "grad_norm": float("nan"),
+            "lr": float("nan"),
+        }
+
+    def _record_step(self):
+        """Metrics of the optimizer step just taken; written before any checkpoint of this step."""
+        step = self.last_metrics["step"] + 1
+        elapsed = time.perf_counter() - self._window["start"]
+        metrics = {
+            "step": step,
+            "loss": self._window["loss"] / max(self._window["n"], 1),
+            "ortho_penalty": float(orthonormal_penalty(self.model).detach()) if self.sorsa else None,
+            "lr": self._window["lr"],
+            "grad_norm": self._window["grad_norm"],
+            "tokens_per_s": self._window["tokens"] / elapsed if elapsed > 0 else float("nan"),
+        }
+        self.last_metrics = metrics
+        self._reset_window()
+        if self.loggers:
+            self.log_dict(
+                {f"train/{k}": v for k, v in metrics.items() if k != "step" and v is not None},
+                on_step=True,
+                prog_bar=False,
+                logger=True,
+                batch_size=1,
+            )
+        self.log("loss", metrics["loss"], prog_bar=True, logger=False, batch_size=1)
+        if self.metrics_path and self.global_rank == 0:
+            self._append_metrics(metrics)
+
+    def _append_metrics(self, metrics: dict):
+        new = not self.metrics_path.exists()
+        with open(self.metrics_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: "" if v is None else v for k, v in metrics.items()})
+
+    def on_train_start(self):
+        # a resumed run drops the rows written after its last checkpoint; they are recomputed
+        if self.metrics_path and self.metrics_path.exists() and self.global_rank == 0:
+            with open(self.metrics_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.global_step]
+            with open(self.metrics_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        self.last_metrics = {"step": self.global_step}
+
+    # ---- checkpoints: trainable parameters only (the frozen rest is rebuilt from the base model) ----
+    def on_save_checkpoint(self, checkpoint):
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

@@ -1,0 +1,288 @@
+"""Training pipeline: configs compose, every method trains, the regularizer modes match their
+definitions, resume reproduces an uninterrupted run, bad input fails before the model loads."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
+
+from sorsa_repro.methods import apply_method
+from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
+from sorsa_repro.training.module import FineTuneModule
+from sorsa_repro.training.task import optimizer_steps, run_training
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
+METHODS = ("full", "lora", "pissa", "dora", "olora", "sorsa")
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
+
+
+def tiny_cfg(tmp_path, method="sorsa", *extra):
+    """The mini experiment shrunk to the tiny model: a handful of optimizer steps in seconds."""
+    return compose_train(
+        "experiment=mini",
+        "model=tiny_random",
+        f"method={method}",
+        f"results_dir={tmp_path}",
+        "method.rank=4",
+        "data.limit=24",
+        "data.max_length=128",
+        "train.batch_size=2",
+        "train.accumulate=2",
+        "train.max_steps=3",
+        "train.checkpoint_every=1",
+        "evaluate.benchmarks=[]",
+        *extra,
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_experiment_composes(experiment, method):
+    cfg = compose_train(f"experiment={experiment}", f"method={method}")
+    assert cfg.experiment_name == experiment
+    assert cfg.run_dir == f"results/{experiment}/{method}-r{cfg.method.rank}-s{cfg.seed}"
+
+
+@pytest.mark.parametrize("method,lr", [("sorsa", 3e-5), ("lora", 2e-5), ("pissa", 2e-5), ("full", 2e-5)])
+def test_paper_config_is_the_papers_protocol(method, lr):
+    cfg = compose_train("experiment=paper_llama2_7b", f"method={method}")
+    assert cfg.model.name == "meta-llama/Llama-2-7b-hf"
+    assert (cfg.data.name, cfg.data.limit, cfg.data.max_length) == ("metamathqa", 100000, 512)
+    assert cfg.train.batch_size * cfg.train.accumulate == 128 and cfg.train.epochs == 1
+    assert optimizer_steps(100000, cfg.train.batch_size, cfg.train.accumulate, 1, cfg.train.epochs) == 782
+    assert (cfg.train.weight_decay, cfg.train.grad_clip, cfg.train.warmup_ratio) == (0.0, 1.0, 0.03)
+    assert cfg.train.precision == "bf16-true" and cfg.trainer.tf32
+    assert cfg.method.lr == lr and cfg.train.lr_multiplier == 1.0
+    if method == "sorsa":
+        assert (cfg.method.rank, cfg.method.alpha, cfg.method.gamma) == (128, None, 4e-4)
+        assert cfg.method.adapter_dtype == "float32" and cfg.method.ortho_mode == "reference"
+    elif method != "full":
+        assert (cfg.method.rank, cfg.method.alpha, cfg.method.dropout) == (128, 128, 0.0)
+    assert list(cfg.method.target_modules) == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_exports(tmp_path, method):
+    run_dir = run_training(tiny_cfg(tmp_path, method))
+    rows = read_metrics(run_dir)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["loss"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert (rows[0]["ortho_penalty"] != "") == (method == "sorsa")
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["train"]["status"] == "finished" and result["train"]["steps"] == 3
+    assert result["run"] == {"experiment": "mini", "method": method, "rank": 4, "seed": 0}
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints/last.ckpt").exists()
+    assert (run_dir / "adapter").exists() == (method != "full")
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "merged")  # plain transformers, no project code
+    assert not any("lora" in n or "sorsa" in n for n, _ in merged.named_parameters())
+
+
+def _fixed_batch_losses(model, steps=20, lr=1e-2):
+    """Train on one fixed batch through Lightning; return the per-step losses."""
+    torch.manual_seed(0)
+    ids = torch.randint(3, 400, (4, 24), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    loader = torch.utils.data.DataLoader([batch] * steps, batch_size=None)
+    module = FineTuneModule(model, lr=lr, total_steps=steps, gamma=4e-4, warmup_ratio=0.0)
+    L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    ).fit(module, loader)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sorsa", "pissa", "lora", "full"])
+def test_loss_falls_on_a_fixed_batch(tiny_model_factory, method):
+    model = apply_method(tiny_model_factory(seed=1), {"name": method, "rank": 8})
+    with torch.no_grad():
+        ids = torch.randint(3, 400, (4, 24), generator=torch.Generator().manual_seed(0))
+        first = model(input_ids=ids, labels=ids).loss.item()
+    module = _fixed_batch_losses(model)
+    assert module.last_metrics["step"] == 20
+    # a random 2-layer model starts near ln(vocab) = 10.8; adapters move it slowly, full FT fast
+    assert module.last_metrics["loss"] < first - 0.3
+
+
+def _sorsa_module(tiny_model_factory, mode, gamma=4e-4, lr=3e-5, k=4, clip=1.0):
+    model = apply_method(tiny_model_factory(seed=2), {"name": "sorsa", "rank": 8})
+    with torch.no_grad():  # move the factors off orthonormality so the penalty has a gradient
+        for layer in sorsa_layers(model).values():
+            layer.sorsa_U.add_(0.05 * torch.randn_like(layer.sorsa_U))
+            layer.sorsa_Vt.add_(0.05 * torch.randn_like(layer.sorsa_Vt))
+    module = FineTuneModule(
+        model, lr=lr, total_steps=10, accumulate=k, gamma=gamma, ortho_mode=mode, grad_clip=clip
+    )
+    return model, module
+
+
+def _task_backward(model):
+    ids = torch.randint(3, 400, (2, 16), generator=torch.Generator().manual_seed(3))
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+
+
+def _penalty_grad(model, params):
+    return torch.autograd.grad(orthonormal_penalty(model), params, allow_unused=True, materialize_grads=True)
+
+
+def test_reference_mode_adds_scaled_penalty_gradient_after_clipping(tiny_model_factory):
+    gamma, lr, k, clip = 4e-4, 3e-5, 4, 0.01  # a small clip so clipping really scales the task gradient
+    model, module = _sorsa_module(tiny_model_factory, "reference", gamma, lr, k, clip)
+    params = module.trainable_parameters()
+    _task_backward(model)
+    task = [p.grad.clone() for p in params]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in task]))
+    assert norm > clip
+    clipped = [g * (clip / (norm + 1e-6)) for g in task]
+    penalty = dict(zip(params, _penalty_grad(model, params), strict=True))
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    module.configure_gradient_clipping(optimizer)
+    coef = gamma / (lr * k)
+    for p, c in zip(params, clipped, strict=True):
+        torch.testing.assert_close(p.grad, c + coef * penalty[p], rtol=1e-5, atol=1e-8)
+    assert module._window["grad_norm"] == pytest.approx(float(norm), rel=1e-5)
+
+
+def test_decoupled_mode_is_an_sgd_step_on_the_penalty(tiny_model_factory):
+    gamma = 0.1
+    model, module = _sorsa_module(tiny_model_factory, "decoupled", gamma)
+    params = module.trainable_parameters()
+    assert any(p.dim() == 1 for p in params)  # sorsa_S takes no penalty step
+    before = [p.detach().clone() for p in params]
+    penalty = _penalty_grad(model, params)
+    module.decoupled_penalty_step()
+    for p, b, g in zip(params, before, penalty, strict=True):
+        torch.testing.assert_close(p.detach(), b - gamma * g)
+
+
+def test_loss_mode_adds_gamma_times_penalty_to_the_loss(tiny_model_factory):
+    gamma = 0.5
+    model, module = _sorsa_module(tiny_model_factory, "loss", gamma)
+    ids = torch.randint(3, 400, (2, 16), generator=torch.Generator().manual_seed(3))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    with torch.no_grad():
+        expected = model(**batch).loss + gamma * orthonormal_penalty(model)
+    torch.testing.assert_close(module.training_step(batch, 0).detach(), expected)
+
+
+def test_reference_and_loss_modes_leave_non_sorsa_methods_alone(tiny_model_factory):
+    model = apply_method(tiny_model_factory(), {"name": "lora", "rank": 4})
+    module = FineTuneModule(model, lr=1e-3, total_steps=1, gamma=4e-4)
+    assert not module.sorsa
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sorsa", "lora"])
+def test_resume_after_kill_reproduces_the_uninterrupted_losses(tmp_path, monkeypatch, method):
+    extra = ("train.max_steps=6", "train.checkpoint_every=3")
+    full = run_training(tiny_cfg(tmp_path / "full", method, *extra))
+    expected = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(full)]
+
+    original = FineTuneModule.on_train_batch_end
+
+    def die_after_step_4(self, *args):  # a kill after step 4: its checkpoint (step 3) is the last one
+        if self.trainer.global_step == 4:
+            raise _Killed
+        return original(self, *args)
+
+    cfg = tiny_cfg(tmp_path / "part", method, *extra)
+    monkeypatch.setattr(FineTuneModule, "on_train_batch_end", die_after_step_4, raising=False)
+    with pytest.raises(_Killed):
+        run_training(cfg)
+    monkeypatch.undo()
+    run_dir = Path(cfg.run_dir)
+    assert json.loads((run_dir / "result.json").read_text())["train"]["status"] == "running"
+    run_training(cfg)  # the same command again continues from the step-3 checkpoint
+    got = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(run_dir)]
+    assert got == expected
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["train"]["status"] == "finished" and result["train"]["resumed"]
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_trained_again_and_changed_config_is(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    run_dir = run_training(cfg)
+    stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
+    monkeypatch.setattr("sorsa_repro.training.task.apply_method", lambda *a: pytest.fail("trained again"))
+    run_training(cfg)
+    assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    changed = tiny_cfg(tmp_path, "sorsa", "method.gamma=0.0")
+    run_training(changed)
+    assert json.loads((run_dir / "result.json").read_text())["config_hash"] != ""
+    assert (run_dir / "metrics.csv").stat().st_mtime_ns != stamp
+
+
+def _fails_before_model_load(monkeypatch, cfg, match):
+    monkeypatch.setattr("sorsa_repro.models.load_base_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises((ValueError, FileNotFoundError, RuntimeError), match=match):
+        run_training(cfg)
+
+
+def test_bad_input_fails_before_the_model_loads(tmp_path, monkeypatch):
+    with pytest.raises(Exception, match="method"):
+        compose_train("method=nosuch")
+    _fails_before_model_load(monkeypatch, tiny_cfg(tmp_path, "sorsa", "method.rank=999"), "rank 999")
+    _fails_before_model_load(
+        monkeypatch, tiny_cfg(tmp_path, "sorsa", "method.ortho_mode=bogus"), "ortho_mode"
+    )
+    _fails_before_model_load(monkeypatch, tiny_cfg(tmp_path, "sorsa", "train.precision=fp8"), "precision")
+    _fails_before_model_load(
+        monkeypatch,
+        tiny_cfg(tmp_path, "lora", "data=gsm8k", f"+data.data_dir={tmp_path / 'none'}"),
+        "SORSA_DATA_DIR",
+    )
+    _fails_before_model_load(monkeypatch, tiny_cfg(tmp_path, "lora", "data.max_length=8"), "max_length")
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, "lora", "train.max_steps=4")
+    original = FineTuneModule.training_step
+
+    def nan_at_step_3(self, batch, batch_idx):
+        if self.trainer.global_step == 2:
+            batch = dict(batch, labels=batch["labels"].clone())
+            self.model.base_model.model.lm_head.weight.data.fill_(float("nan"))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(FineTuneModule, "training_step", nan_at_step_3)
+    with pytest.raises(Exception, match="non-finite training loss .* at optimizer step 3"):
+        run_training(cfg)
+    assert (Path(cfg.run_dir) / "checkpoints/last.ckpt").exists()
