@@ -30,16 +30,30 @@ def stages(scale: str, seeds: str | None, overrides: list[str], results_dir: str
     py = sys.executable
     report = [f"experiment={exp}", f"results_dir={results_dir}", f"out_dir={out_dir}", f"seeds={seeds}"]
     return exp, [
-        ("sweep: train + evaluate", [py, "-m", "sorsa_repro.train", "+sweep=paper_table", f"experiment={exp}",
-                                     f"seed={seeds}", f"results_dir={results_dir}", *overrides]),
+        (
+            "sweep: train + evaluate",
+            [
+                py,
+                "-m",
+                "sorsa_repro.train",
+                "+sweep=paper_table",
+                f"experiment={exp}",
+                f"seed={seeds}",
+                f"results_dir={results_dir}",
+                *overrides,
+            ],
+        ),
         ("tables + plots", [py, "-m", "sorsa_repro.reporting.cli", "all", *report]),
         ("spectral analysis", [py, "-m", "sorsa_repro.reporting.cli", "analysis", *report]),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = dict(a.split("=", 1) for a in (argv if argv is not None else sys.argv[1:]) if "=" in a
-                and a.split("=", 1)[0] in ("scale", "seeds", "results_dir", "out_dir"))
+    args = dict(
+        a.split("=", 1)
+        for a in (argv if argv is not None else sys.argv[1:])
+        if "=" in a and a.split("=", 1)[0] in ("scale", "seeds", "results_dir", "out_dir")
+    )
     overrides = [a for a in (argv if argv is not None else sys.argv[1:]) if a.split("=", 1)[0] not in args]
     scale = args.get("scale", "mini")
     if scale not in SCALES:

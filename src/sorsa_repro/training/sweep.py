@@ -32,8 +32,9 @@ def validate_sweep(config: DictConfig, config_name: str = "train") -> int:
         except Exception as err:  # unknown config option, impossible rank, ...
             problems.append(f"  {' '.join(job)}\n    -> {type(err).__name__}: {str(err).splitlines()[0]}")
     if problems:
-        raise ValueError(f"{len(problems)} of {len(jobs)} sweep jobs are invalid; nothing was run:\n"
-                         + "\n".join(problems))
+        raise ValueError(
+            f"{len(problems)} of {len(jobs)} sweep jobs are invalid; nothing was run:\n" + "\n".join(problems)
+        )
     return len(jobs)
 
 

@@ -1,0 +1,125 @@
+"""Sweeps: expansion, validation before the first job, skip-on-rerun, the SLURM preset, replicate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from sorsa_repro.replicate import main as replicate_main
+from sorsa_repro.training.sweep import sweep_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+TINY = [
+    "experiment=mini",
+    "model=tiny_random",
+    "data.limit=16",
+    "data.max_length=128",
+    "train.batch_size=2",
+    "train.accumulate=2",
+    "train.max_steps=2",
+    "train.spectral_every=0",
+]
+
+
+def compose_sweep(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    cfg.hydra.overrides.task = list(overrides)
+    return cfg
+
+
+def train(*args, cwd=ROOT):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "sorsa_repro.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_sweep_files_expand_to_the_declared_jobs():
+    jobs = sweep_jobs(compose_sweep("+sweep=paper_table", "experiment=mini"))
+    assert len(jobs) == 12  # 4 methods x 3 seeds
+    assert {j[0] for j in jobs} == {"method=full", "method=lora", "method=pissa", "method=sorsa"}
+    assert len(sweep_jobs(compose_sweep("+sweep=paper_table", "experiment=mini", "seed=0"))) == 4
+    assert len(sweep_jobs(compose_sweep("+sweep=ranks", "experiment=mini"))) == 15
+    ortho = sweep_jobs(compose_sweep("+sweep=ortho_modes", "experiment=mini"))
+    assert sorted(j[1] for j in ortho) == [
+        "+ortho=decoupled",
+        "+ortho=loss",
+        "+ortho=none",
+        "+ortho=reference",
+    ]
+
+
+@pytest.mark.parametrize(
+    "ortho,mode,gamma,run_name",
+    [
+        ("reference", "reference", 4e-4, "sorsa-r16-s0"),
+        ("decoupled", "decoupled", 4e-4, "sorsa-decoupled-r16-s0"),
+        ("loss", "loss", 4e-4, "sorsa-loss-r16-s0"),
+        ("none", "reference", 0.0, "sorsa-gamma0-r16-s0"),
+    ],
+)
+def test_ortho_variants_get_their_own_run_folders(ortho, mode, gamma, run_name):
+    cfg = compose_sweep("experiment=mini", "method=sorsa", f"+ortho={ortho}")
+    assert (cfg.method.ortho_mode, cfg.method.gamma, cfg.run_name) == (mode, gamma, run_name)
+
+
+def test_slurm_launcher_preset_composes():
+    cfg = compose_sweep("+sweep=paper_table", "experiment=paper_llama2_7b", "hydra/launcher=slurm")
+    assert "submitit" in cfg.hydra.launcher._target_.lower() and cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.slow
+def test_invalid_sweep_fails_before_its_first_job(tmp_path):
+    proc = train("+sweep=ranks", "method=sorsa,bogus", "method.rank=8,200", f"results_dir={tmp_path}", *TINY)
+    assert proc.returncode != 0
+    assert "3 of 4 sweep jobs are invalid; nothing was run" in proc.stderr
+    assert "Could not find 'method/bogus'" in proc.stderr and "rank 200 is larger" in proc.stderr
+    assert not (tmp_path / "mini").exists()
+
+
+@pytest.mark.slow
+def test_sweep_trains_evaluates_reports_and_skips_finished_jobs(tmp_path):
+    args = [
+        "+sweep=paper_table",
+        "method=lora,sorsa",
+        "seed=0",
+        f"results_dir={tmp_path}",
+        *TINY,
+        "method.rank=4",
+        "evaluate.benchmarks=[synthetic]",
+        "evaluate.limit=3",
+        "evaluate.max_new_tokens=8",
+        "evaluate.backend=hf",
+    ]
+    proc = train(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "mini").iterdir() if p.is_dir())
+    assert runs == ["lora-r4-s0", "sorsa-r4-s0"]
+    for run in runs:
+        result = json.loads((tmp_path / "mini" / run / "result.json").read_text())
+        assert result["train"]["status"] == "finished"
+        assert result["eval"]["synthetic"]["n"] == 3
+        assert (tmp_path / "mini" / run / "predictions" / "synthetic.jsonl").exists()
+    stamps = {run: (tmp_path / "mini" / run / "metrics.csv").stat().st_mtime_ns for run in runs}
+    again = train(*args)  # the same sweep again: both jobs are finished, nothing is retrained
+    assert again.returncode == 0
+    assert "already finished training" in again.stderr + again.stdout
+    assert stamps == {run: (tmp_path / "mini" / run / "metrics.csv").stat().st_mtime_ns for run in runs}
+
+
+def test_replicate_rejects_an_unknown_scale(capsys):
+    assert replicate_main(["scale=huge"]) == 2
+    assert "scale='huge'" in capsys.readouterr().err
