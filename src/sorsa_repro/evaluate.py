@@ -1,0 +1,50 @@
+"""Evaluation entry point: ``python -m sorsa_repro.evaluate run=<run folder>`` or ``sorsa-evaluate``.
+
+Examples::
+
+    python -m sorsa_repro.evaluate run=results/mini/sorsa-r8-s0 benchmarks=[synthetic]
+    python -m sorsa_repro.evaluate model=smollm2-135m-instruct benchmarks=[gsm8k] limit=200 backend=hf
+    python -m sorsa_repro.evaluate model=llama2_7b benchmarks=[gsm8k,math500] max_new_tokens.gsm8k=512
+
+``model=`` takes an option of the conf/model group (as training does: ``smollm2_135m``, ``llama2_7b``,
+whose dtype then applies), a local folder, a hub id or ``smollm2-135m-instruct``.
+Options: conf/eval.yaml (the fields of ``sorsa_repro.evaluation.run.EvalConfig``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from sorsa_repro.evaluation.run import evaluate
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def model_override(arg: str) -> str:
+    """``model=<x>`` for a model that is not a conf/model option becomes ``+model.name=<x>``.
+
+    Hydra reads ``model=`` as a choice from the conf/model group (the training's), and would reject a
+    folder or a hub id there.
+    """
+    key, _, value = arg.partition("=")
+    if key != "model" or not value or "," in value or (CONF_DIR / "model" / f"{value}.yaml").is_file():
+        return arg
+    return f"+model.name={value}"
+
+
+@hydra.main(config_path="../../conf", config_name="eval", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    evaluate(OmegaConf.to_container(cfg, resolve=True))
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *(model_override(a) for a in sys.argv[1:])]
+    _main()
+
+
+if __name__ == "__main__":  # vLLM spawns worker processes that re-import this module
+    main()

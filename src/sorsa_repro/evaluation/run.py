@@ -1,0 +1,488 @@
+"""Evaluate a run folder or a model: generate, grade, write predictions and scores (DESIGN.md 3, 6).
+
+For every benchmark: ``<out>/predictions/<benchmark>.jsonl`` (one row per problem, in dataset order)
+and ``result.json["eval"][<benchmark>]`` (see ``sorsa_repro.results``), both written atomically.
+``<out>`` is the run folder (``run=``; the model is its ``merged/`` export) or, for ``model=``,
+``out_dir`` (default ``results/eval/<model name>/``).
+
+Resuming: rows already in the predictions file are kept when their prompt and max_new_tokens match;
+only the missing problems are generated, in chunks of ``chunk_size`` after each of which the file is
+rewritten, so an interrupt loses at most one chunk. The chunks (and, for hf, the batches inside them)
+are cut from the missing problems in dataset order, so a resumed evaluation generates exactly what an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sorsa_repro.evaluation.backends import (
+    BACKENDS,
+    Completion,
+    default_dtype,
+    make_backend,
+    resolve_backend,
+    timed_generate,
+)
+from sorsa_repro.results import atomic_write_text, load_result, update_result
+
+logger = logging.getLogger(__name__)
+
+BENCHMARKS = ("gsm8k", "math", "math500", "synthetic")
+DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 1024, "math": 2048, "math500": 2048, "synthetic": 256}
+MERGED_DIR = "merged"
+PREDICTIONS_DIR = "predictions"
+DEFAULT_OUT_ROOT = Path("results") / "eval"
+VLLM_CHUNK_SIZE = 256
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how; the fields are the keys of conf/eval.yaml."""
+
+    run: str | None = None  # a run folder: reads <run>/merged/, writes predictions/ and result.json there
+    model: str | None = (
+        None  # or a model: local folder, hub id, smollm2-135m-instruct (or tiny-random, hf only)
+    )
+    out_dir: str | None = None  # for model=: where to write; default results/eval/<model name>/
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
+    limit: int | None = None  # first N problems of each benchmark; None = all
+    max_new_tokens: int | dict | None = None  # one int for all, or per benchmark; None = the protocol's
+    backend: str = "auto"  # vllm | hf | auto (vllm when installed)
+    batch_size: int = 8  # hf: prompts per generate call
+    # prompts generated between two rewrites of the predictions file (an interrupt loses at most one chunk);
+    # None: 4 x batch_size for hf, 256 for vllm (which needs many prompts at once to fill its batches)
+    chunk_size: int | None = None
+    dtype: str | None = None  # None: bfloat16 on a GPU, float32 on CPU
+    device: str | None = None  # hf: None = cuda when available
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float | None = None  # vllm: None = 0.9 on GPU; on CPU a fixed KV cache instead
+    kv_cache_gib: float | None = None  # vllm: KV-cache size; None = 2 GiB on CPU, from the fraction on GPU
+    enforce_eager: bool | None = None  # vllm: None = eager on CPU (start-up ~25 s instead of ~100 s)
+    max_model_len: int | None = None  # vllm: None = the model's
+    data_dir: str | None = (
+        None  # local data (laid out like shared/data); None = $SORSA_DATA_DIR, else the hub
+    )
+    seed: int = 0  # picks the synthetic benchmark's held-out problems
+    overwrite: bool = False  # ignore existing predictions and generate everything again
+
+    def __post_init__(self):
+        if isinstance(self.model, Mapping):
+            spec = dict(self.model)
+            self.model = spec.get("name")
+            self.dtype = self.dtype or spec.get("dtype")
+        if isinstance(self.benchmarks, str):
+            self.benchmarks = [b.strip() for b in self.benchmarks.split(",") if b.strip()]
+        self.benchmarks = list(self.benchmarks)
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown or not self.benchmarks:
+            raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+        if (self.run is None) == (self.model is None):
+            raise ValueError(
+                "give exactly one of run=<run folder> or model=<path, hub id or smollm2-135m-instruct>"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        for name in ("batch_size", "chunk_size", "tensor_parallel_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
+        if isinstance(self.max_new_tokens, Mapping):  # the protocol's for the benchmarks it leaves out
+            self.max_new_tokens = {**DEFAULT_MAX_NEW_TOKENS, **self.max_new_tokens}
+        for benchmark in self.benchmarks:
+            if self.max_new_tokens_for(benchmark) < 1:
+                raise ValueError(f"max_new_tokens for {benchmark} must be >= 1")
+        if self.dtype is not None:
+            from sorsa_repro.models import resolve_dtype
+
+            resolve_dtype(self.dtype)
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping | EvalConfig | None = None, **overrides) -> EvalConfig:
+        if isinstance(cfg, EvalConfig):
+            cfg = dataclasses.asdict(cfg)
+        values = {k: v for k, v in dict(cfg or {}).items() if k != "hydra"}
+        values.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"unknown evaluation option(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def chunk_size_for(self, backend: str) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return VLLM_CHUNK_SIZE if backend == "vllm" else 4 * self.batch_size
+
+    def max_new_tokens_for(self, benchmark: str) -> int:
+        if isinstance(self.max_new_tokens, int):
+            return self.max_new_tokens
+        return int((self.max_new_tokens or {}).get(benchmark, DEFAULT_MAX_NEW_TOKENS[benchmark]))
+
+
+# ---------------------------------------------------------------------------------------------- targets
+
+
+def model_dir_name(model: str) -> str:
+    """A folder name for a model: a local folder's name (``<parent>-merged`` for a merged export), else the id."""
+    path = Path(model).expanduser()
+    if path.exists():
+        name = f"{path.resolve().parent.name}-merged" if path.name == MERGED_DIR else path.resolve().name
+    else:
+        name = model.replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1  # hub ids are "name" or "org/name"
+
+
+def resolve_target(cfg: EvalConfig, backend: str, have_model: bool = False) -> tuple[str | None, Path]:
+    """(model reference for the backend, output folder), checked without loading anything."""
+    from sorsa_repro.models import OFFLINE_MODEL, TINY_MODEL
+
+    if cfg.run is not None:
+        run_dir = Path(cfg.run).expanduser()
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run folder {run_dir} does not exist")
+        merged = run_dir / MERGED_DIR
+        if have_model:
+            return None, run_dir
+        if not (merged / "config.json").is_file():
+            raise FileNotFoundError(
+                f"run folder {run_dir} has no merged model ({merged}/config.json): evaluation reads the merged "
+                "export the training pipeline writes after training; finish or re-run the training first"
+            )
+        return str(merged), run_dir
+    model = str(cfg.model)
+    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else DEFAULT_OUT_ROOT / model_dir_name(model)
+    if have_model or model in (OFFLINE_MODEL, TINY_MODEL):
+        if model == TINY_MODEL and backend == "vllm":
+            raise ValueError(f"model={TINY_MODEL} is built in memory; vllm needs a folder, use backend=hf")
+        return model, out_dir
+    path = Path(model).expanduser()
+    if path.exists() or _looks_like_path(model):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {path} does not exist or has no config.json")
+        return str(path), out_dir
+    return model, out_dir  # a hub id
+
+
+# ---------------------------------------------------------------------------------------------- predictions
+
+
+def predictions_path(out_dir: str | Path, benchmark: str) -> Path:
+    return Path(out_dir) / PREDICTIONS_DIR / f"{benchmark}.jsonl"
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """Rows by id; unreadable lines (a file cut short by hand) are skipped with a warning."""
+    rows: dict[str, dict] = {}
+    if not path.exists():
+        return rows
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[row["id"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            logger.warning("%s line %d is not a prediction row; it will be generated again", path, n)
+    return rows
+
+
+def write_predictions(path: Path, rows: list[dict | None]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r is not None))
+
+
+def _grader_versions(benchmark: str) -> dict[str, str]:
+    from sorsa_repro.evaluation.graders import GRADER_VERSIONS, GRADERS
+
+    return {g: GRADER_VERSIONS[g] for g in GRADERS[benchmark]}
+
+
+def grade(benchmark: str, completion: str, reference: str) -> dict:
+    """The graders' verdict; any failure counts as wrong and is logged, so one bad row never stops a run."""
+    from sorsa_repro.evaluation.graders import GRADERS, score_completion
+
+    try:
+        return score_completion(benchmark, completion, reference)
+    except Exception:
+        logger.warning("grading failed on %.80r; counted wrong", completion, exc_info=True)
+        wrong = {"strict": False, "flexible": False}
+        return {
+            "strict_answer": None,
+            "flexible_answer": None,
+            "gold": None,
+            "correct": {g: dict(wrong) for g in GRADERS[benchmark]},
+        }
+
+
+def make_row(
+    benchmark: str, example: dict, prompt: str, completion: Completion, max_new_tokens: int, backend: str
+):
+    graded = grade(benchmark, completion.text, example["reference"])
+    return {
+        "id": example["id"],
+        "prompt": prompt,
+        "completion": completion.text,
+        "n_tokens": completion.n_tokens,
+        "finish_reason": completion.finish_reason,
+        "max_new_tokens": max_new_tokens,
+        "backend": backend,
+        "strict_answer": graded["strict_answer"],
+        "flexible_answer": graded["flexible_answer"],
+        "gold": graded["gold"],
+        "correct": graded["correct"],
+        "grader_versions": _grader_versions(benchmark),
+    }
+
+
+def _reusable(row: dict | None, prompt: str, max_new_tokens: int) -> bool:
+    return row is not None and row.get("prompt") == prompt and row.get("max_new_tokens") == max_new_tokens
+
+
+def _regrade(benchmark: str, row: dict, reference: str) -> dict:
+    """A reused row graded again when a grader's version changed since it was written."""
+    if row.get("grader_versions") == _grader_versions(benchmark):
+        return row
+    graded = grade(benchmark, row["completion"], reference)
+    fresh = {k: graded[k] for k in ("strict_answer", "flexible_answer", "gold", "correct")}
+    return {**row, **fresh, "grader_versions": _grader_versions(benchmark)}
+
+
+def summarise(benchmark: str, rows: list[dict]) -> dict:
+    versions = _grader_versions(benchmark)
+    n = len(rows)
+    scores = {}
+    for grader, version in versions.items():
+        n_strict = sum(bool(r["correct"][grader]["strict"]) for r in rows)
+        n_flexible = sum(bool(r["correct"][grader]["flexible"]) for r in rows)
+        scores[grader] = {
+            "version": version,
+            "strict": n_strict / n if n else None,
+            "flexible": n_flexible / n if n else None,
+            "n_strict": n_strict,
+            "n_flexible": n_flexible,
+        }
+    return {
+        "n": n,
+        "scores": scores,
+        "n_length_cut": sum(r.get("finish_reason") == "length" for r in rows),  # hit max_new_tokens
+        "mean_new_tokens": sum(r["n_tokens"] for r in rows) / n if n else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+class _LazyBackend:
+    """Loads the model on first use, so a fully answered evaluation never loads one."""
+
+    def __init__(self, name: str, factory):
+        self.name, self._factory, self._backend, self.load_time_s = name, factory, None, None
+
+    def get(self):
+        if self._backend is None:
+            start = time.perf_counter()
+            self._backend = self._factory()
+            self.load_time_s = time.perf_counter() - start
+        return self._backend
+
+    def close(self):
+        if self._backend is not None:
+            self._backend.close()
+
+
+def _evaluate_benchmark(
+    cfg: EvalConfig,
+    benchmark: str,
+    examples: list[dict],
+    backend: _LazyBackend,
+    out_dir: Path,
+    model_name: str,
+) -> dict:
+    from sorsa_repro.data import PROMPT_VERSION, build_prompt, data_identity
+    from sorsa_repro.provenance import git_state, package_versions
+
+    max_new = cfg.max_new_tokens_for(benchmark)
+    path = predictions_path(out_dir, benchmark)
+    old = {} if cfg.overwrite else read_predictions(path)
+    prompts = [build_prompt(ex["query"], for_eval=True) for ex in examples]
+    rows: list[dict | None] = [
+        _regrade(benchmark, old[ex["id"]], ex["reference"])
+        if _reusable(old.get(ex["id"]), p, max_new)
+        else None
+        for ex, p in zip(examples, prompts, strict=True)
+    ]
+    todo = [i for i, row in enumerate(rows) if row is None]
+    logger.info(
+        "%s: %d problems, %d already answered, %d to generate",
+        benchmark,
+        len(rows),
+        len(rows) - len(todo),
+        len(todo),
+    )
+    gen_s, gen_tokens = 0.0, 0
+    chunk = cfg.chunk_size_for(backend.name)
+    for start in range(0, len(todo), chunk):
+        idx = todo[start : start + chunk]
+        completions, seconds = timed_generate(backend.get(), [prompts[i] for i in idx], max_new)
+        gen_s += seconds
+        gen_tokens += sum(c.n_tokens for c in completions)
+        for i, completion in zip(idx, completions, strict=True):
+            rows[i] = make_row(benchmark, examples[i], prompts[i], completion, max_new, backend.name)
+        write_predictions(path, rows)
+        logger.info(
+            "%s: %d/%d generated, %.1f tokens/s", benchmark, start + len(idx), len(todo), gen_tokens / gen_s
+        )
+    write_predictions(path, rows)  # also when nothing was generated: regraded rows, dropped stale ones
+    done = [r for r in rows if r is not None]
+    summary = {
+        **summarise(benchmark, done),
+        "limit": cfg.limit,
+        "max_new_tokens": max_new,
+        "backend": ",".join(sorted({r.get("backend", "?") for r in done})),
+        "dtype": cfg.dtype or default_dtype(),
+        "prompt_version": PROMPT_VERSION,
+        "model": model_name,
+        "n_generated": len(todo),
+        "data": data_identity(benchmark, "test", cfg.limit, cfg.data_dir, cfg.seed, examples),
+        "provenance": {**git_state(), "packages": package_versions()},
+    }
+    if todo:  # timings of this call's generation; a call that generated nothing keeps the earlier ones
+        summary.update(
+            wall_time_s=gen_s,
+            tokens_per_s=gen_tokens / gen_s if gen_s else None,
+            generated_tokens=gen_tokens,
+            load_time_s=backend.load_time_s,
+        )
+    elif "wall_time_s" not in load_result(out_dir).get("eval", {}).get(benchmark, {}):
+        summary.update(wall_time_s=None, tokens_per_s=None)
+    update_result(out_dir, {"eval": {benchmark: summary}})
+    return load_result(out_dir)["eval"][benchmark]
+
+
+def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
+    """Run the configured evaluation in this process; returns ``{benchmark: result.json eval entry}``.
+
+    ``model``/``tokenizer``: an already loaded plain (merged) HF model to evaluate with the hf backend
+    instead of loading one. With vllm the caller must sit under ``if __name__ == "__main__":``.
+    """
+    from sorsa_repro.data import load_eval_examples
+    from sorsa_repro.models import TINY_MODEL
+    from sorsa_repro.provenance import provenance
+
+    cfg = EvalConfig.from_mapping(cfg)
+    if model is not None:
+        if cfg.backend == "vllm":
+            raise ValueError("an in-memory model can only be evaluated with backend=hf")
+        backend_name = "hf"
+    else:
+        backend_name = (
+            "hf" if cfg.backend == "auto" and cfg.model == TINY_MODEL else resolve_backend(cfg.backend)
+        )
+    model_ref, out_dir = resolve_target(cfg, backend_name, have_model=model is not None)
+    # all data before any model: a missing file fails in seconds, not after a model load
+    examples = {b: load_eval_examples(b, cfg.limit, cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
+    logger.info("evaluating %s with %s into %s", model_ref or "the given model", backend_name, out_dir)
+
+    def factory():
+        if backend_name == "vllm":
+            from sorsa_repro.models import OFFLINE_MODEL, offline_model_path
+
+            ref = str(offline_model_path()) if model_ref == OFFLINE_MODEL else model_ref
+        else:
+            ref = model if model is not None else model_ref
+        skip = ("run", "model", "seed")  # seed picks synthetic problems; vLLM's own seed stays 0
+        options = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in skip}
+        return make_backend(backend_name, ref, tokenizer, **options)
+
+    backend = _LazyBackend(backend_name, factory)
+    try:
+        if cfg.model is not None and "provenance" not in load_result(out_dir):
+            # a bare model's folder has no training provenance: say what was evaluated
+            update_result(out_dir, {"provenance": {**provenance(), "model": cfg.model}})
+        name = model_ref or f"in-memory {type(model).__name__}"
+        return {b: _evaluate_benchmark(cfg, b, examples[b], backend, out_dir, name) for b in cfg.benchmarks}
+    finally:
+        backend.close()
+
+
+# ---------------------------------------------------------------------------------------------- callers
+
+
+def hydra_overrides(cfg: EvalConfig) -> list[str]:
+    """``key=value`` command-line overrides that rebuild ``cfg`` in ``python -m sorsa_repro.evaluate``."""
+
+    def value(v) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list | tuple):
+            return "[" + ",".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ",".join(f"{k}:{value(x)}" for k, x in v.items()) + "}"
+        return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    # model goes in as model.name: Hydra reads `model=` as a choice from the conf/model group
+    out = [f"{k}={value(v)}" for k, v in dataclasses.asdict(cfg).items() if k != "model"]
+    return out + ([f"+model.name={value(cfg.model)}"] if cfg.model is not None else [])
+
+
+def evaluate_run(
+    run_dir, cfg: Mapping | EvalConfig | None = None, model=None, tokenizer=None, **overrides
+) -> dict:
+    """Evaluate a training run folder (what training and sweeps call after training).
+
+    hf runs in this process (``model``/``tokenizer`` may hand over the merged model in memory); vllm
+    runs in a subprocess (``python -m sorsa_repro.evaluate``), which frees its memory on exit and needs
+    no ``__main__`` guard here. Returns ``result.json["eval"]`` of the run.
+    """
+    cfg = EvalConfig.from_mapping(cfg, **{**overrides, "run": str(Path(run_dir).resolve()), "model": None})
+    if model is None and resolve_backend(cfg.backend) == "vllm":
+        resolve_target(cfg, "vllm")  # fail here, not in the child
+        log_dir = Path(cfg.run) / "logs" / "eval"
+        cmd = [
+            sys.executable,
+            "-m",
+            "sorsa_repro.evaluate",
+            *hydra_overrides(cfg),
+            f"hydra.run.dir={log_dir}",
+        ]
+        subprocess.run(cmd, check=True)
+        return load_result(cfg.run).get("eval", {})
+    evaluate(cfg, model=model, tokenizer=tokenizer)
+    return load_result(cfg.run).get("eval", {})
+
+
+def evaluate_after_training(run_dir, cfg) -> dict:
+    """Evaluate a run right after training, as conf/train.yaml's ``evaluate`` section says.
+
+    ``cfg`` is the training config: ``evaluate`` holds EvalConfig keys (benchmarks, limit, backend,
+    max_new_tokens, batch_size, ...); the model's dtype and the data folder come from ``model`` and ``data``.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    def plain(node):
+        return (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        )
+
+    section = plain(cfg["evaluate"])
+    model, data = plain(cfg.get("model")), plain(cfg.get("data"))
+    section.setdefault("dtype", model.get("dtype"))
+    section.setdefault("data_dir", data.get("data_dir"))
+    return evaluate_run(run_dir, section)

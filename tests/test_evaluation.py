@@ -1,0 +1,372 @@
+"""Evaluation: config, bad input, predictions/result.json, resume, merged == unmerged, vLLM == transformers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sorsa_repro.data import build_prompt, load_eval_examples
+from sorsa_repro.evaluate import CONF_DIR, model_override
+from sorsa_repro.evaluation import backends
+from sorsa_repro.evaluation import run as ev
+from sorsa_repro.evaluation.backends import Completion, HFBackend
+from sorsa_repro.evaluation.run import DEFAULT_MAX_NEW_TOKENS, EvalConfig, evaluate, evaluate_run
+from sorsa_repro.methods import apply_method, merge_model
+from sorsa_repro.models import OFFLINE_MODEL, load_base_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULT_KEYS = {
+    "n",
+    "limit",
+    "max_new_tokens",
+    "backend",
+    "prompt_version",
+    "wall_time_s",
+    "tokens_per_s",
+    "scores",
+}
+SCORE_KEYS = {"version", "strict", "flexible", "n_strict", "n_flexible"}
+ROW_KEYS = {"id", "prompt", "completion", "n_tokens", "strict_answer", "flexible_answer", "gold", "correct"}
+# a few GSM8K-style problems for when no benchmark data is around
+GSM8K_ROWS = [
+    ("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5 = 8\n#### 8"),
+    ("A box holds 12 eggs. How many eggs are in 4 boxes?", "12 * 4 = 48\n#### 48"),
+    ("Sara had 20 dollars and spent 7. How many dollars are left?", "20 - 7 = 13\n#### 13"),
+    ("A train travels 60 miles per hour for 3 hours. How far does it go?", "60 * 3 = 180\n#### 180"),
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """$SORSA_DATA_DIR or shared/data when they hold GSM8K, else a tiny GSM8K-style folder."""
+    for candidate in (os.environ.get("SORSA_DATA_DIR"), SHARED):
+        if candidate and (Path(candidate) / "gsm8k" / "test.jsonl").is_file():
+            return str(candidate)
+    folder = tmp_path_factory.mktemp("data")
+    lines = [json.dumps({"question": q, "answer": a}) for q, a in GSM8K_ROWS]
+    (folder / "gsm8k").mkdir()
+    (folder / "gsm8k" / "test.jsonl").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class FakeBackend:
+    """Answers from a table (prompt -> text); records the prompts of every call."""
+
+    name = "hf"
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def generate(self, prompts, max_new_tokens):
+        self.calls.append(list(prompts))
+        return [Completion(self.answer(p), 5, "stop") for p in prompts]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Install a FakeBackend (answer function settable) in place of the real ones."""
+    backend = FakeBackend(lambda p: "")
+    monkeypatch.setattr(ev, "make_backend", lambda *a, **k: backend)
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_eval_yaml_matches_evalconfig():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=["run=x"])
+        assert compose("eval", overrides=["model=smollm2_135m"]).model.name == OFFLINE_MODEL
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(cfg)
+    defaults = EvalConfig(run="x")
+    assert set(values) == {f for f in vars(defaults)}
+    for key, value in values.items():
+        expected = DEFAULT_MAX_NEW_TOKENS if key == "max_new_tokens" else getattr(defaults, key)
+        assert value == expected, key
+
+
+def test_hydra_overrides_round_trip():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    cfg = EvalConfig(
+        model="/some where/it's", benchmarks=["gsm8k", "math500"], limit=3, max_new_tokens={"gsm8k": 7}
+    )
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        composed = compose("eval", overrides=ev.hydra_overrides(cfg))
+    assert EvalConfig.from_mapping(OmegaConf.to_container(composed)) == cfg
+
+
+def test_model_override_keeps_group_options():
+    assert model_override("model=smollm2_135m") == "model=smollm2_135m"
+    assert model_override(f"model={OFFLINE_MODEL}") == f"+model.name={OFFLINE_MODEL}"
+    assert model_override("model=/a/b") == "+model.name=/a/b"
+    assert model_override("limit=3") == "limit=3"
+    # a conf/model entry brings its dtype
+    assert EvalConfig(model={"name": "x/y", "dtype": "bfloat16"}).dtype == "bfloat16"
+
+
+def test_max_new_tokens_per_benchmark():
+    assert EvalConfig(run="r").max_new_tokens_for("gsm8k") == 1024
+    assert EvalConfig(run="r").max_new_tokens_for("math") == 2048
+    assert EvalConfig(run="r", max_new_tokens=16).max_new_tokens_for("math500") == 16
+    assert EvalConfig(run="r", max_new_tokens={"math": 5}).max_new_tokens_for("gsm8k") == 1024
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "cfg, error, match",
+    [
+        ({"run": "r", "benchmarks": ["gsm9k"]}, ValueError, "unknown benchmark"),
+        ({"run": "r", "backend": "tgi"}, ValueError, "unknown backend"),
+        ({}, ValueError, "exactly one of"),
+        ({"run": "r", "model": OFFLINE_MODEL}, ValueError, "exactly one of"),
+        ({"run": "r", "limit": 0}, ValueError, "limit"),
+        ({"run": "r", "dtype": "float8"}, ValueError, "dtype"),
+        ({"run": "r", "max_new_tokens": 0}, ValueError, "max_new_tokens"),
+        ({"run": "r", "colour": "red"}, ValueError, "unknown evaluation option"),
+    ],
+)
+def test_bad_config(cfg, error, match):
+    with pytest.raises(error, match=match):
+        EvalConfig.from_mapping(cfg)
+
+
+def test_bad_input_fails_before_any_model_load(tmp_path, monkeypatch, data_dir):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ev, "make_backend", no_model)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate({"run": str(tmp_path / "missing"), "backend": "hf"})
+    with pytest.raises(FileNotFoundError, match="no merged model"):
+        evaluate({"run": str(tmp_path), "backend": "hf"})
+    with pytest.raises(FileNotFoundError, match="gsm8k test data not found"):
+        evaluate(
+            {"model": OFFLINE_MODEL, "backend": "hf", "data_dir": str(tmp_path), "out_dir": str(tmp_path)}
+        )
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        evaluate({"model": str(tmp_path / "nowhere" / "model"), "backend": "hf"})
+    with pytest.raises(ValueError, match="vllm needs a folder"):
+        evaluate({"model": "tiny-random", "backend": "vllm", "out_dir": str(tmp_path)})
+    monkeypatch.setattr(backends, "vllm_available", lambda: False)
+    with pytest.raises(RuntimeError, match="vllm is not installed"):
+        evaluate({"model": OFFLINE_MODEL, "backend": "vllm", "data_dir": data_dir, "out_dir": str(tmp_path)})
+    assert backends.resolve_backend("auto") == "hf"
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_cli_reports_bad_input(tmp_path):
+    cmd = [sys.executable, "-m", "sorsa_repro.evaluate", f"run={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "has no merged model" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- loop (fake backend)
+
+
+def test_degenerate_output_counts_wrong_and_never_crashes(tmp_path, fake, monkeypatch):
+    examples = load_eval_examples("synthetic", limit=6)
+    answers = {build_prompt(e["query"], for_eval=True): e["reference"] for e in examples}
+    texts = iter(
+        [
+            lambda a: f"Adding up. The answer is: {a}",  # right
+            lambda a: "",  # empty
+            lambda a: "ha " * 20000,  # endless repetition
+            lambda a: "\\boxed{" * 300 + "1",  # unbalanced
+            lambda a: "I do not know.",  # no answer
+            lambda a: "GRADER-BOOM",  # the grader itself fails
+        ]
+    )
+    table = {p: next(texts)(a) for p, a in answers.items()}
+    fake.answer = table.__getitem__
+    from sorsa_repro.evaluation import graders
+
+    score = graders.score_completion
+
+    def flaky(benchmark, completion, reference):
+        if completion == "GRADER-BOOM":
+            raise RuntimeError("boom")
+        return score(benchmark, completion, reference)
+
+    monkeypatch.setattr(graders, "score_completion", flaky)  # grade() looks it up at call time
+    out = evaluate(
+        {"model": OFFLINE_MODEL, "benchmarks": ["synthetic"], "limit": 6, "out_dir": str(tmp_path)}
+    )
+    scores = out["synthetic"]["scores"]["numeric"]
+    assert scores["n_strict"] == 1 and scores["strict"] == pytest.approx(1 / 6)
+    rows = _rows(tmp_path / "predictions" / "synthetic.jsonl")
+    assert [r["correct"]["numeric"]["strict"] for r in rows] == [True] + [False] * 5
+    assert rows[-1]["strict_answer"] is None
+
+
+def test_rerun_generates_only_missing_and_keeps_order(tmp_path, fake):
+    fake.answer = lambda p: "The answer is: 1"
+    cfg = {"model": OFFLINE_MODEL, "benchmarks": ["synthetic"], "out_dir": str(tmp_path), "chunk_size": 2}
+    evaluate({**cfg, "limit": 3})
+    first = json.loads((tmp_path / "result.json").read_text())["eval"]["synthetic"]
+    fake.calls.clear()
+    evaluate({**cfg, "limit": 3})  # everything answered: no generation, earlier timings kept
+    assert fake.calls == []
+    again = json.loads((tmp_path / "result.json").read_text())["eval"]["synthetic"]
+    assert again["wall_time_s"] == first["wall_time_s"] and again["n_generated"] == 0
+    evaluate({**cfg, "limit": 5})
+    assert [len(c) for c in fake.calls] == [2]  # only the two new problems
+    ids = [r["id"] for r in _rows(tmp_path / "predictions" / "synthetic.jsonl")]
+    assert ids == [e["id"] for e in load_eval_examples("synthetic", limit=5)]
+    fake.calls.clear()
+    evaluate({**cfg, "limit": 5, "max_new_tokens": 9})  # a changed setting makes old rows stale
+    assert sum(len(c) for c in fake.calls) == 5
+
+
+def test_evaluate_after_training_reads_the_train_config(tmp_path, fake):
+    from omegaconf import OmegaConf
+
+    from sorsa_repro.evaluation.run import evaluate_after_training
+
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "config.json").write_text("{}")
+    (tmp_path / "result.json").write_text(json.dumps({"train": {"status": "finished"}}))
+    cfg = OmegaConf.create(
+        {
+            "model": {"name": OFFLINE_MODEL, "dtype": "bfloat16"},
+            "data": {"name": "synthetic"},
+            "evaluate": {"benchmarks": ["synthetic"], "limit": 3, "backend": "hf", "max_new_tokens": None,
+                         "batch_size": 16},
+        }
+    )  # fmt: skip
+    out = evaluate_after_training(tmp_path, cfg)
+    assert out["synthetic"]["n"] == 3 and out["synthetic"]["dtype"] == "bfloat16"
+    assert out["synthetic"]["max_new_tokens"] == DEFAULT_MAX_NEW_TOKENS["synthetic"]
+    assert json.loads((tmp_path / "result.json").read_text())["train"] == {"status": "finished"}
+
+
+# ---------------------------------------------------------------------------------------------- real models
+
+
+@pytest.fixture(scope="module")
+def offline(offline_model_dir):
+    return load_base_model(OFFLINE_MODEL)
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch, offline, single_torch_thread):
+    model, tokenizer = offline
+    cfg = {"run": None, "benchmarks": ["synthetic"], "limit": 6, "max_new_tokens": 12, "backend": "hf",
+           "batch_size": 2, "chunk_size": 2}  # fmt: skip
+    for name in ("whole", "cut"):
+        (tmp_path / name).mkdir()
+    evaluate_run(tmp_path / "whole", cfg, model=copy.deepcopy(model), tokenizer=tokenizer)
+
+    calls = {"n": 0}
+    original = HFBackend.generate
+
+    def interrupted(self, prompts, max_new_tokens):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, prompts, max_new_tokens)
+
+    monkeypatch.setattr(HFBackend, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(tmp_path / "cut", cfg, model=copy.deepcopy(model), tokenizer=tokenizer)
+    assert len(_rows(tmp_path / "cut" / "predictions" / "synthetic.jsonl")) == 2  # the first chunk survived
+    monkeypatch.setattr(HFBackend, "generate", original)
+    evaluate_run(tmp_path / "cut", cfg, model=copy.deepcopy(model), tokenizer=tokenizer)
+    whole = (tmp_path / "whole" / "predictions" / "synthetic.jsonl").read_text()
+    assert (tmp_path / "cut" / "predictions" / "synthetic.jsonl").read_text() == whole
+    assert json.loads((tmp_path / "cut" / "result.json").read_text())["eval"]["synthetic"]["n_generated"] == 4
+
+
+@pytest.mark.slow
+def test_merged_sorsa_generates_like_unmerged(offline, single_torch_thread):
+    model, tokenizer = offline
+    adapted = apply_method(copy.deepcopy(model), {"name": "sorsa", "rank": 8, "svd": "randomized"})
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move the adapter off its initialisation
+        for name, param in adapted.named_parameters():
+            if "sorsa_" in name:
+                param.add_(0.02 * param.abs().mean() * torch.randn(param.shape, generator=gen))
+    merged = merge_model(copy.deepcopy(adapted))
+    assert not any("sorsa_" in n for n, _ in merged.named_parameters())
+    prompts = [build_prompt(q, for_eval=True) for q, _ in GSM8K_ROWS]
+    unmerged_out = HFBackend(adapted, tokenizer, batch_size=4).generate(prompts, 32)
+    merged_out = HFBackend(merged, tokenizer, batch_size=4).generate(prompts, 32)
+    base_out = HFBackend(model, tokenizer, batch_size=4).generate(prompts, 32)
+    assert [c.text for c in merged_out] == [c.text for c in unmerged_out]
+    assert [c.n_tokens for c in merged_out] == [c.n_tokens for c in unmerged_out]
+    assert [c.text for c in merged_out] != [c.text for c in base_out]  # the perturbation did change the model
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_writes_predictions_and_result(tmp_path, data_dir):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sorsa_repro.evaluate", f"model={OFFLINE_MODEL}", "benchmarks=[gsm8k]", "limit=4",
+           "backend=hf", "max_new_tokens=24", f"out_dir={out}", f"hydra.run.dir={tmp_path / 'h'}"]  # fmt: skip
+    env = {**os.environ, "SORSA_DATA_DIR": data_dir, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(out / "predictions" / "gsm8k.jsonl")
+    assert [r["id"] for r in rows] == [f"gsm8k/test/{i}" for i in range(4)]
+    for row in rows:
+        assert ROW_KEYS <= set(row) and set(row["correct"]) == {"numeric"}
+        assert set(row["correct"]["numeric"]) == {"strict", "flexible"} and 1 <= row["n_tokens"] <= 24
+    result = json.loads((out / "result.json").read_text())
+    entry = result["eval"]["gsm8k"]
+    assert RESULT_KEYS <= set(entry) and entry["n"] == 4 and entry["limit"] == 4 and entry["backend"] == "hf"
+    assert entry["max_new_tokens"] == 24 and entry["tokens_per_s"] > 0
+    assert set(entry["scores"]) == {"numeric"} and SCORE_KEYS <= set(entry["scores"]["numeric"])
+    assert result["provenance"]["model"] == OFFLINE_MODEL
+
+
+# ---------------------------------------------------------------------------------------------- vLLM
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not backends.vllm_available(), reason="vllm is not installed")
+def test_vllm_matches_transformers(tmp_path, offline_model_dir, data_dir, single_torch_thread):
+    """Greedy fp32 completions of vLLM (subprocess via evaluate_run) equal the hf backend's."""
+    runs = {}
+    for name in ("vllm", "hf"):  # run folders whose merged export is the offline model
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / "merged").symlink_to(offline_model_dir)
+        (runs[name] / "result.json").write_text(json.dumps({"train": {"status": "finished"}}))
+    cfg = {
+        "benchmarks": ["gsm8k"],
+        "limit": 4,
+        "max_new_tokens": 48,
+        "dtype": "float32",
+        "data_dir": data_dir,
+    }
+    evaluate_run(runs["vllm"], cfg, backend="vllm", max_model_len=2048)
+    evaluate_run(runs["hf"], cfg, backend="hf", batch_size=4)
+    got = {name: _rows(runs[name] / "predictions" / "gsm8k.jsonl") for name in runs}
+    keys = ("id", "prompt", "completion", "n_tokens", "finish_reason", "correct")
+    assert [{k: r[k] for k in keys} for r in got["vllm"]] == [{k: r[k] for k in keys} for r in got["hf"]]
+    result = json.loads((runs["vllm"] / "result.json").read_text())
+    assert result["train"] == {"status": "finished"}  # merged into, not replaced
+    assert result["eval"]["gsm8k"]["backend"] == "vllm" and result["eval"]["gsm8k"]["tokens_per_s"] > 0
