@@ -71,17 +71,39 @@ class FineTuneModule(L.LightningModule):
         self._window["loss"] += float(loss.detach())
         self._window["n"] += 1
         self._window["tokens"] += int(batch["attention_mask"].sum())
-        if self.sorsa and self.ortho_mode == "loss" and self.gamma:
+        if self.sorsa and self.ortho_mode == "loss" and self.gamma and self._fsdp_root() is None:
             loss = loss + self.gamma * orthonormal_penalty(self.model)
         return loss
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        params = self.trainable_parameters()
         max_norm = self.grad_clip if self.grad_clip else math.inf
-        self._window["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if self.sorsa and self.ortho_mode == "loss" and self.gamma and self._fsdp_root() is not None:
+            # FSDP: the factors are sharded outside forward, so training_step cannot add gamma * L_orth to the
+            # loss; its gradient enters here instead, before clipping, as the loss would have put it there
+            for param, grad in zip(*self._penalty_grads(), strict=True):
+                param.grad.add_(grad, alpha=self.gamma)
+        self._window["grad_norm"] = float(self._clip_grad_norm(max_norm))
         self._window["lr"] = optimizer.param_groups[0]["lr"]
         if self.sorsa and self.ortho_mode == "reference" and self.gamma:
             self.add_reference_penalty_grad()
+
+    def _fsdp_root(self):
+        """The root FullyShardedDataParallel module when training under FSDP, else None."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self._trainer.strategy.model if self._trainer is not None else None
+        return model if isinstance(model, FullyShardedDataParallel) else None
+
+    def _clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Clip the trainable gradients to ``max_norm`` in total; the total norm before clipping.
+
+        Under DDP every rank holds the all-reduced gradients, so the local norm is the global one. Under
+        FSDP each rank holds a shard: FSDP's own clip_grad_norm_ reduces the norm over the shards.
+        """
+        root = self._fsdp_root()
+        if root is not None:
+            return root.clip_grad_norm_(max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm)
 
     def add_reference_penalty_grad(self):
         """grad += gamma / (lr * k) * dL_orth: unclipped, then through AdamW with the task gradient."""
@@ -102,10 +124,68 @@ class FineTuneModule(L.LightningModule):
             param.sub_(grad, alpha=self.gamma)
 
     def _penalty_grads(self):
+        """(factors, dL_orth/dfactor): every rank gets the same values, so DDP ranks stay in sync."""
+        root = self._fsdp_root()
+        if root is not None:
+            return self._sharded_penalty(root, with_grads=True)[1:]
         factors = [p for layer in sorsa_layers(self.model).values() for p in (layer.sorsa_U, layer.sorsa_Vt)]
         with torch.enable_grad():
             grads = torch.autograd.grad(orthonormal_penalty(self.model), factors)
         return factors, grads
+
+    def _penalty_value(self) -> float:
+        root = self._fsdp_root()
+        if root is not None:
+            return float(self._sharded_penalty(root, with_grads=False)[0])
+        return float(orthonormal_penalty(self.model).detach())
+
+    @torch.no_grad()
+    def _sharded_penalty(self, root, with_grads: bool):
+        """L_orth and its gradient for this rank's shards, under FSDP with ``use_orig_params=True``.
+
+        There each factor is a 1-D view of this rank's piece of the flattened factor, and the pieces of the
+        ranks of the shard group, in rank order, make up the whole. The penalty needs whole factors (U^T U
+        sums over all rows), so each factor is gathered in turn (one at a time: memory stays one factor),
+        its term ||U^T U - I||_F or ||Vt Vt^T - I||_F computed as ``orthonormal_penalty`` does, and this
+        rank keeps its slice of the term's gradient. Returns (penalty, local factors, local gradients).
+        """
+        import torch.distributed as dist
+
+        group = root.process_group
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        layers = list(sorsa_layers(self.model).values())
+        factors = [f for layer in layers for f in self._factors(layer)]
+        local = torch.tensor([p.numel() for p, _, _ in factors], device=self.device)
+        sizes = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(sizes, local, group=group)
+        sizes = torch.stack(sizes).tolist()  # [rank][factor]
+        total, params, grads = 0.0, [], []
+        for i, (param, shape, transposed) in enumerate(factors):
+            counts = [sizes[r][i] for r in range(world)]
+            piece = param.detach().reshape(-1).new_zeros(max(counts))
+            piece[: counts[rank]] = param.detach().reshape(-1)
+            pieces = [torch.empty_like(piece) for _ in range(world)]
+            dist.all_gather(pieces, piece, group=group)
+            full = torch.cat([p[:n] for p, n in zip(pieces, counts, strict=True)]).view(shape).float()
+            with torch.enable_grad():
+                full.requires_grad_(with_grads)
+                x = full.T if transposed else full  # out x r (U) or in x r (Vt^T): the term is ||x^T x - I||
+                term = torch.linalg.matrix_norm(x.T @ x - torch.eye(x.shape[1], device=x.device))
+            total += float(term)
+            if with_grads and counts[rank]:
+                start = sum(counts[:rank])
+                (grad,) = torch.autograd.grad(term, full)
+                params.append(param)
+                grads.append(grad.reshape(-1)[start : start + counts[rank]].to(param.dtype) / len(factors))
+        return total / len(factors), params, grads
+
+    @staticmethod
+    def _factors(layer):
+        """(parameter, full shape, whether the term uses its transpose) for U and Vt of a SORSA layer."""
+        return [
+            (layer.sorsa_U, (layer.out_features, layer.rank), False),
+            (layer.sorsa_Vt, (layer.rank, layer.in_features), True),
+        ]
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -131,13 +211,20 @@ class FineTuneModule(L.LightningModule):
         """Metrics of the optimizer step just taken; written before any checkpoint of this step."""
         step = self.last_metrics["step"] + 1
         elapsed = time.perf_counter() - self._window["start"]
+        loss, tokens = self._window["loss"] / max(self._window["n"], 1), self._window["tokens"]
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # the mean over ranks of their micro-batch losses, as one process with the global batch logs
+            # it; tokens summed: the throughput of the whole job
+            both = torch.tensor([loss, tokens], dtype=torch.float64, device=self.device)
+            both = self.trainer.strategy.reduce(both, reduce_op="sum")
+            loss, tokens = float(both[0]) / self.trainer.world_size, int(both[1])
         metrics = {
             "step": step,
-            "loss": self._window["loss"] / max(self._window["n"], 1),
-            "ortho_penalty": float(orthonormal_penalty(self.model).detach()) if self.sorsa else None,
+            "loss": loss,
+            "ortho_penalty": self._penalty_value() if self.sorsa else None,
             "lr": self._window["lr"],
             "grad_norm": self._window["grad_norm"],
-            "tokens_per_s": self._window["tokens"] / elapsed if elapsed > 0 else float("nan"),
+            "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
         }
         self.last_metrics = metrics
         self._reset_window()

@@ -308,7 +308,98 @@ def _model_identity(cfg: DictConfig, dtype: str) -> dict:
 
 
 def _strategy(cfg: DictConfig):
-    return cfg.trainer.strategy
+    """A Lightning strategy from ``trainer.strategy``: a name ("auto", "ddp", ...) passes through; a
+    mapping with ``name: ddp | fsdp`` and the strategy's keyword arguments builds the object."""
+    spec = cfg.trainer.strategy
+    if isinstance(spec, str):
+        return spec
+    kwargs = OmegaConf.to_container(spec, resolve=True)
+    name = kwargs.pop("name", None)
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(**kwargs)
+    if name == "fsdp":
+        from functools import partial
+
+        from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+        wrap = set(kwargs.pop("auto_wrap", None) or ())
+        if wrap:  # by class name, so one config serves Llama, Mistral and Gemma
+            kwargs["auto_wrap_policy"] = partial(lambda_auto_wrap_policy, lambda_fn=_ClassNamed(wrap))
+        return _fsdp_strategy_class()(**kwargs)
+    raise ValueError(f"trainer.strategy.name={name!r}: use ddp or fsdp (or a Lightning strategy name string)")
+
+
+class _ClassNamed:
+    """Picklable predicate: is the module's class named one of ``names``."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def __call__(self, module) -> bool:
+        return type(module).__name__ in self.names
+
+
+def _fsdp_strategy_class():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class FSDP(FSDPStrategy):
+        """Lightning's FSDPStrategy, which also runs on CPU processes (gloo, for tests): there Lightning
+        passes ``device_id=None``, which torch's FSDP rejects without an accelerator, and gathers full
+        state dicts with ``offload_to_cpu=True``, which crashes when the shards already live on the CPU."""
+
+        def _on_cpu(self) -> bool:
+            return self.root_device.type == "cpu"
+
+        def _setup_model(self, model):
+            if not self._on_cpu():
+                return super()._setup_model(model)
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            return FullyShardedDataParallel(
+                module=model,
+                cpu_offload=self.cpu_offload,
+                mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy,
+                device_id=self.root_device,
+                **self.kwargs,
+            )
+
+        def lightning_module_state_dict(self):
+            if not (self._on_cpu() and self._state_dict_type == "full"):
+                return super().lightning_module_state_dict()
+            with _full_state_dict_on_cpu(self.model):
+                return self.model.state_dict()
+
+        def optimizer_state(self, optimizer):
+            if not (self._on_cpu() and self._state_dict_type == "full"):
+                return super().optimizer_state(optimizer)
+            from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
+
+            optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's wrapped one
+            with _full_state_dict_on_cpu(self.model):
+                state = FullyShardedDataParallel.optim_state_dict(self.model, optimizer)
+            if self.global_rank == 0:  # the standard (parameter id) format, as Lightning stores it
+                state = FullyShardedDataParallel.rekey_optim_state_dict(
+                    state, OptimStateKeyType.PARAM_ID, self.model
+                )
+            return state
+
+    return FSDP
+
+
+def _full_state_dict_on_cpu(model):
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.api import FullOptimStateDictConfig
+
+    return FSDP.state_dict_type(
+        model,
+        StateDictType.FULL_STATE_DICT,
+        FullStateDictConfig(offload_to_cpu=False, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True),
+    )
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list:

@@ -1,0 +1,187 @@
+"""Multi-process training on CPU (gloo): two DDP or FSDP processes log the per-step losses (and SORSA's
+penalty and gradient norm) of one process that sees the same global batch.
+
+The runs go through the real training path (``run_training`` with a composed config, ``trainer=ddp|fsdp
+trainer.accelerator=cpu trainer.devices=2``), in two processes started as torchrun or SLURM start
+them; the one-process runs use ``trainer=cpu`` with twice the per-device batch.
+
+Why the data: every training example here has the same number of loss tokens. DDP averages the ranks'
+gradients, each the mean over its own tokens (as gradient accumulation averages micro-batches), while
+one process averages over all tokens of the batch; the two agree only when the ranks hold equally many
+loss tokens. With the same count everywhere, any difference left is floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sorsa_repro.training.module import ORTHO_MODES
+from sorsa_repro.training.task import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = str(REPO / "conf")
+# per-step loss, penalty and gradient norm: measured differences are ~1e-7 relative. ATOL: the penalty
+# of freshly initialised factors is rounding noise (~1e-6), which differs with the SVD's thread count
+RTOL, ATOL = 1e-5, 1e-7
+
+
+def write_data(folder: Path, n: int = 16) -> Path:
+    """GSM8K-format additions whose responses all tokenise to the same length (SmolLM2 splits digits)."""
+    rng = random.Random(0)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(10, 49), rng.randint(10, 49)
+        rows.append(
+            {"question": f"What is {a} plus {b}?", "answer": f"{a} plus {b} is {a + b}.\n#### {a + b}"}
+        )
+    (folder / "gsm8k").mkdir(parents=True, exist_ok=True)
+    (folder / "gsm8k" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def overrides(tmp_path: Path, method: str, batch_size: int, *extra: str) -> list[str]:
+    return [
+        "experiment=mini",
+        "model=tiny_random",
+        f"method={method}",
+        f"results_dir={tmp_path}",
+        "method.rank=4",
+        "data=gsm8k",
+        f"+data.data_dir={write_data(tmp_path / 'data')}",
+        "data.limit=16",
+        "data.max_length=128",
+        f"train.batch_size={batch_size}",
+        "train.accumulate=2",
+        "train.max_steps=3",
+        "train.checkpoint_every=100",
+        "train.save_adapter=false",
+        "train.export_merged=false",
+        "train.spectral_every=0",
+        "evaluate.benchmarks=[]",
+        *extra,
+    ]
+
+
+def compose_cfg(tmp_path: Path, method: str, batch_size: int, *extra: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides(tmp_path, method, batch_size, *extra))
+
+
+def launch_two_ranks(cfg_paths: list[Path], timeout: int = 900) -> None:
+    """Two processes, ranks 0 and 1 of one gloo group, each calling ``run_training`` on every config in turn.
+
+    They are started the way torchrun or SLURM start them (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set), so
+    Lightning joins them instead of launching children; one launch serves all runs (imports cost most here).
+    """
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "MASTER_ADDR": "127.0.0.1"}
+        env.update(MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=str(rank))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, *map(str, cfg_paths)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for rank, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert proc.returncode == 0, f"rank {rank} failed:\n{out[-5000:]}"
+
+
+CHILD = """
+import sys
+from omegaconf import OmegaConf
+from sorsa_repro.training.task import run_training
+for path in sys.argv[1:]:
+    run_training(OmegaConf.load(path))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# (name, method, strategy, extra overrides): the runs compared with one process
+CASES = [
+    ("ddp-sorsa", "sorsa", "ddp", ("method.gamma=0.05",)),
+    ("ddp-lora", "lora", "ddp", ()),
+    *[(f"fsdp-{m}", "sorsa", "fsdp", (f"method.ortho_mode={m}", "method.gamma=0.05")) for m in ORTHO_MODES],
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
+    """name -> (metrics of the two-process run, metrics of one process with the global batch)."""
+    root = tmp_path_factory.mktemp("distributed")
+    paths, out = [], {}
+    for name, method, strategy, extra in CASES:
+        multi = compose_cfg(root / name, method, 2, *extra, f"trainer={strategy}", *CPU_RANKS)
+        paths.append(root / f"{name}.yaml")
+        OmegaConf.save(multi, paths[-1])
+    launch_two_ranks(paths)
+    # one thread, as each of the two processes runs (Lightning sets cores / processes): the SVD at init then
+    # rounds the same way, which matters because the gradient of ||U^T U - I||_F at orthonormal factors is
+    # the unit direction of the rounding noise, whatever its size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, method, _, extra in CASES:
+            one = run_training(compose_cfg(root / f"{name}-one", method, 4, *extra))
+            out[name] = (read_metrics(next((root / name).glob("mini/*-r4-s0"))), read_metrics(one))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+CPU_RANKS = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_workers=0")
+
+
+def assert_same_steps(got: list[dict], want: list[dict], keys: tuple[str, ...]) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in want] == ["1", "2", "3"]
+    for g, w in zip(got, want, strict=True):
+        for key in keys:
+            assert float(g[key]) == pytest.approx(float(w[key]), rel=RTOL, abs=ATOL), (key, g, w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sorsa", "lora"])
+def test_ddp_matches_one_process_with_the_global_batch(runs, method):
+    got, want = runs[f"ddp-{method}"]
+    keys = ("loss", "grad_norm") + (("ortho_penalty",) if method == "sorsa" else ())
+    assert_same_steps(got, want, keys)
+    assert len({r["loss"] for r in want}) == 3  # the steps differ: the comparison is not vacuous
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ORTHO_MODES)
+def test_fsdp_sorsa_penalty_matches_one_process(runs, mode):
+    """FSDP shards the factors: the penalty (gathered), its gradient in each regularizer mode and the
+    clipping norm (FSDP's clip_grad_norm_) are computed over the shards. gamma 0.05 makes the penalty's
+    gradient matter from step 2 on."""
+    got, want = runs[f"fsdp-{mode}"]
+    assert_same_steps(got, want, ("loss", "grad_norm", "ortho_penalty"))
+    assert float(want[-1]["ortho_penalty"]) > 1e-4  # the factors have left orthonormality
