@@ -125,12 +125,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# (name, method, strategy, extra overrides): the runs compared with one process
+# (name, method, strategy, extra overrides): the runs compared with one process. The DDP runs also
+# recompute activations (gradient checkpointing), which must not change the numbers either.
 CASES = [
     ("ddp-sorsa", "sorsa", "ddp", ("method.gamma=0.05",)),
     ("ddp-lora", "lora", "ddp", ()),
     *[(f"fsdp-{m}", "sorsa", "fsdp", (f"method.ortho_mode={m}", "method.gamma=0.05")) for m in ORTHO_MODES],
 ]
+MULTI_ONLY = {"ddp": ("train.gradient_checkpointing=true",), "fsdp": ()}
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,9 @@ def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
     root = tmp_path_factory.mktemp("distributed")
     paths, out = [], {}
     for name, method, strategy, extra in CASES:
-        multi = compose_cfg(root / name, method, 2, *extra, f"trainer={strategy}", *CPU_RANKS)
+        multi = compose_cfg(
+            root / name, method, 2, *extra, f"trainer={strategy}", *CPU_RANKS, *MULTI_ONLY[strategy]
+        )
         paths.append(root / f"{name}.yaml")
         OmegaConf.save(multi, paths[-1])
     launch_two_ranks(paths)
@@ -170,6 +174,7 @@ def assert_same_steps(got: list[dict], want: list[dict], keys: tuple[str, ...]) 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sorsa", "lora"])
 def test_ddp_matches_one_process_with_the_global_batch(runs, method):
+    """Two DDP processes with gradient checkpointing against one process without."""
     got, want = runs[f"ddp-{method}"]
     keys = ("loss", "grad_norm") + (("ortho_penalty",) if method == "sorsa" else ())
     assert_same_steps(got, want, keys)
@@ -185,3 +190,33 @@ def test_fsdp_sorsa_penalty_matches_one_process(runs, mode):
     got, want = runs[f"fsdp-{mode}"]
     assert_same_steps(got, want, ("loss", "grad_norm", "ortho_penalty"))
     assert float(want[-1]["ortho_penalty"]) > 1e-4  # the factors have left orthonormality
+
+
+def test_strategy_objects_from_the_trainer_configs(tiny_model_factory):
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from sorsa_repro.training.task import _strategy
+
+    def strategy(*overrides: str):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return _strategy(compose(config_name="train", overrides=["experiment=mini", *overrides]))
+
+    assert strategy() == "auto"
+    ddp = strategy("trainer=ddp")
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs["gradient_as_bucket_view"]
+    fsdp = strategy("trainer=fsdp")
+    assert isinstance(fsdp, FSDPStrategy) and fsdp.kwargs["use_orig_params"]
+    wrap = fsdp.kwargs["auto_wrap_policy"]  # decoder layers become units, nothing else does
+    model = tiny_model_factory()
+    units = [
+        n
+        for n, m in model.named_modules()
+        if m is not model and wrap(module=m, recurse=False, nonwrapped_numel=0)
+    ]
+    assert units == [f"model.layers.{i}" for i in range(model.config.num_hidden_layers)]
+    # the paper's bf16 weights + fp32 adapters cannot share an FSDP unit: a clear error, not torch's
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        strategy("experiment=paper_llama2_7b", "trainer=fsdp")
+    assert isinstance(
+        strategy("experiment=paper_llama2_7b", "trainer=fsdp", "train.precision=bf16-mixed"), FSDPStrategy
+    )

@@ -200,7 +200,7 @@ def run_training(cfg: DictConfig) -> Path:
             "protocol": {"train": _protocol(cfg, data, total_steps, world)},
             "provenance": {
                 **provenance(),
-                "command": " ".join(sys.argv),
+                "command": " ".join(["python -m sorsa_repro.train", *sys.argv[1:]]),
                 "model": _model_identity(cfg, model_dtype),
                 "data": data.identity(),
             },
@@ -320,6 +320,15 @@ def _strategy(cfg: DictConfig):
 
         return DDPStrategy(**kwargs)
     if name == "fsdp":
+        bf16_adapters = cfg.method.name == "sorsa" and cfg.method.get("adapter_dtype") in ("bfloat16", "bf16")
+        if cfg.train.precision == "bf16-true" and not (cfg.method.name == "full" or bf16_adapters):
+            # torch FSDP flattens a unit's parameters into one tensor of one dtype: bf16 frozen weights and
+            # fp32 adapters (SORSA's factors, PEFT's autocast LoRA) cannot share a decoder-layer unit
+            raise ValueError(
+                "trainer=fsdp with train.precision=bf16-true mixes bf16 weights and fp32 adapters in one FSDP "
+                "unit, which torch's FSDP cannot flatten: use train.precision=bf16-mixed (fp32 storage, bf16 "
+                "compute), method.adapter_dtype=bfloat16 (SORSA), or trainer=ddp"
+            )
         from functools import partial
 
         from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
