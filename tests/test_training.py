@@ -207,9 +207,13 @@ class _Killed(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["sorsa", "lora"])
-def test_resume_after_kill_reproduces_the_uninterrupted_losses(tmp_path, monkeypatch, method):
-    extra = ("train.max_steps=6", "train.checkpoint_every=3")
+@pytest.mark.parametrize(
+    ("method", "limit"),
+    # 24 examples: 6 steps per epoch, the step-3 checkpoint is mid-epoch; 12: it is an epoch's last batch
+    [("sorsa", 24), ("lora", 24), ("lora", 12)],
+)
+def test_resume_after_kill_reproduces_the_uninterrupted_losses(tmp_path, monkeypatch, method, limit):
+    extra = ("train.max_steps=6", "train.checkpoint_every=3", f"data.limit={limit}")
     full = run_training(tiny_cfg(tmp_path / "full", method, *extra))
     expected = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(full)]
 

@@ -119,9 +119,14 @@ class MathDataModule(L.LightningDataModule):
         sampler = ResumableSampler(len(self.train_dataset), self.seed, rank, world)
         if trainer is not None:
             # Lightning restores the loop's progress before asking for the loader: on resume, skip the
-            # batches of this epoch that were already consumed, so the run continues on the same data
+            # batches of this epoch that were already consumed, so the run continues on the same data.
+            # A checkpoint from an epoch's last batch resumes at the next epoch with the count not yet
+            # reset: nothing of that epoch is consumed.
             consumed = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-            sampler.skip(consumed * self.batch_size)
+            per_epoch = (
+                len(sampler) // self.batch_size if self.drop_last else -(-len(sampler) // self.batch_size)
+            )
+            sampler.skip(consumed * self.batch_size if consumed < per_epoch else 0)
         return ResumableLoader(
             self.train_dataset,
             batch_size=self.batch_size,
