@@ -79,7 +79,7 @@ def compose_cfg(tmp_path: Path, method: str, batch_size: int, *extra: str):
         return compose(config_name="train", overrides=overrides(tmp_path, method, batch_size, *extra))
 
 
-def launch_two_ranks(cfg_paths: list[Path], timeout: int = 900) -> None:
+def launch_two_ranks(cfg_paths: list[Path], timeout: int = 900, env_extra: dict | None = None) -> list[int]:
     """Two processes, ranks 0 and 1 of one gloo group, each calling ``run_training`` on every config in turn.
 
     They are started the way torchrun or SLURM start them (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set), so
@@ -89,7 +89,9 @@ def launch_two_ranks(cfg_paths: list[Path], timeout: int = 900) -> None:
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "MASTER_ADDR": "127.0.0.1"}
-        env.update(MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=str(rank))
+        env.update(
+            MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=str(rank), **(env_extra or {})
+        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", CHILD, *map(str, cfg_paths)],
@@ -101,14 +103,23 @@ def launch_two_ranks(cfg_paths: list[Path], timeout: int = 900) -> None:
             )
         )
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for rank, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
-        assert proc.returncode == 0, f"rank {rank} failed:\n{out[-5000:]}"
+    if env_extra is None:
+        for rank, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
+            assert proc.returncode == 0, f"rank {rank} failed:\n{out[-5000:]}"
+    return [p.returncode for p in procs]
 
 
 CHILD = """
-import sys
+import os, sys
 from omegaconf import OmegaConf
+from sorsa_repro.training.module import FineTuneModule
 from sorsa_repro.training.task import run_training
+die_at = int(os.environ.get("DIE_AT_STEP", 0))
+if die_at:  # a kill right after optimizer step die_at, on both ranks
+    def die(self, *args):
+        if self.trainer.global_step == die_at:
+            raise SystemExit(3)
+    FineTuneModule.on_train_batch_end = die
 for path in sys.argv[1:]:
     run_training(OmegaConf.load(path))
 """
@@ -127,10 +138,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 # (name, method, strategy, extra overrides): the runs compared with one process. The DDP runs also
 # recompute activations (gradient checkpointing), which must not change the numbers either.
+# The FSDP runs also export the adapter and the merged model and record spectra, all of which read whole
+# parameters from the shards.
+EXPORTS = ("train.save_adapter=true", "train.export_merged=true", "train.spectral_every=1")
 CASES = [
     ("ddp-sorsa", "sorsa", "ddp", ("method.gamma=0.05",)),
     ("ddp-lora", "lora", "ddp", ()),
-    *[(f"fsdp-{m}", "sorsa", "fsdp", (f"method.ortho_mode={m}", "method.gamma=0.05")) for m in ORTHO_MODES],
+    *[
+        (f"fsdp-{m}", "sorsa", "fsdp", (f"method.ortho_mode={m}", "method.gamma=0.05", *EXPORTS))
+        for m in ORTHO_MODES
+    ],
+    ("fsdp-lora", "lora", "fsdp", EXPORTS),
 ]
 MULTI_ONLY = {"ddp": ("train.gradient_checkpointing=true",), "fsdp": ()}
 
@@ -147,6 +165,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
         paths.append(root / f"{name}.yaml")
         OmegaConf.save(multi, paths[-1])
     launch_two_ranks(paths)
+    run_dirs["multi"] = {name: run_dir(root / name) for name, *_ in CASES}
     # one thread, as each of the two processes runs (Lightning sets cores / processes): the SVD at init then
     # rounds the same way, which matters because the gradient of ||U^T U - I||_F at orthonormal factors is
     # the unit direction of the rounding noise, whatever its size
@@ -155,10 +174,18 @@ def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
     try:
         for name, method, _, extra in CASES:
             one = run_training(compose_cfg(root / f"{name}-one", method, 4, *extra))
-            out[name] = (read_metrics(next((root / name).glob("mini/*-r4-s0"))), read_metrics(one))
+            run_dirs["one"][name] = one
+            out[name] = (read_metrics(run_dirs["multi"][name]), read_metrics(one))
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+run_dirs: dict[str, dict[str, Path]] = {"multi": {}, "one": {}}  # filled by the ``runs`` fixture
+
+
+def run_dir(results: Path) -> Path:
+    return next(results.glob("mini/*-r4-s0"))
 
 
 CPU_RANKS = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_workers=0")
@@ -220,3 +247,55 @@ def test_strategy_objects_from_the_trainer_configs(tiny_model_factory):
     assert isinstance(
         strategy("experiment=paper_llama2_7b", "trainer=fsdp", "train.precision=bf16-mixed"), FSDPStrategy
     )
+
+
+def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        out.update({f"{path.name}:{k}": v for k, v in load_file(str(path)).items()})
+    return out
+
+
+def assert_same_tensors(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want) and want
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fsdp-reference", "fsdp-lora"])
+def test_fsdp_exports_the_whole_trained_model(runs, name):
+    """Adapter, merged model and spectra of a sharded run: whole tensors, the unwrapped model's names, and
+    the values one process with the global batch writes."""
+    multi, one = run_dirs["multi"][name], run_dirs["one"][name]
+    for folder in ("adapter", "merged"):
+        assert_same_tensors(load_tensors(multi / folder), load_tensors(one / folder))
+    assert not any("_fsdp" in key for key in load_tensors(multi / "merged"))
+    import pandas as pd
+
+    got, want = (pd.read_csv(d / "spectral.csv") for d in (multi, one))
+    assert list(got["step"].unique()) == [1, 2, 3] and len(got) == len(want)
+    # top-k singular vectors of nearly equal singular values turn with 1e-6 weight differences: 2e-3 rel seen
+    pd.testing.assert_frame_equal(got, want, rtol=1e-2, atol=1e-5)
+    assert json.loads((multi / "result.json").read_text())["train"]["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_fsdp_resume_after_kill_reproduces_the_uninterrupted_run(runs, tmp_path):
+    """Killed after step 3 with the step-2 checkpoint last, then started again: the sharded adapters and
+    AdamW state come back from the (full) checkpoint, so step 3 and the exported adapter are the
+    uninterrupted run's."""
+    extra = ("method.ortho_mode=reference", "method.gamma=0.05", *EXPORTS, "train.checkpoint_every=2")
+    cfg = compose_cfg(tmp_path, "sorsa", 2, *extra, "trainer=fsdp", *CPU_RANKS)
+    OmegaConf.save(cfg, tmp_path / "run.yaml")
+    assert launch_two_ranks([tmp_path / "run.yaml"], env_extra={"DIE_AT_STEP": "3"}) == [3, 3]
+    part = run_dir(tmp_path)
+    assert json.loads((part / "result.json").read_text())["train"]["status"] == "running"
+    assert [r["step"] for r in read_metrics(part)] == ["1", "2", "3"]
+    launch_two_ranks([tmp_path / "run.yaml"])
+    uninterrupted = run_dirs["multi"]["fsdp-reference"]
+    assert_same_steps(read_metrics(part), read_metrics(uninterrupted), ("loss", "grad_norm", "ortho_penalty"))
+    assert_same_tensors(load_tensors(part / "adapter"), load_tensors(uninterrupted / "adapter"))
+    assert json.loads((part / "result.json").read_text())["train"]["resumed"]

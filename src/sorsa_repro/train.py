@@ -22,12 +22,14 @@ def run_job(cfg: DictConfig) -> Path | None:
     from hydra.types import RunMode
 
     from sorsa_repro.results import atomic_write_text, update_result
+    from sorsa_repro.training.distributed import is_global_zero, release_process_group
     from sorsa_repro.training.task import run_training
 
     run_dir = Path(cfg.run_dir)
     try:
         run_training(cfg)
-        if cfg.evaluate.benchmarks:
+        release_process_group()  # multi-GPU training is over; evaluation is one process on one GPU
+        if cfg.evaluate.benchmarks and is_global_zero():
             from sorsa_repro.evaluation.run import evaluate_after_training
 
             evaluate_after_training(run_dir, cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from sorsa_repro.analysis.spectral import (
     svd,
 )
 from sorsa_repro.results import atomic_write_text
+from sorsa_repro.training.distributed import fsdp_root, whole_model
 
 WeightsFn = Callable[[torch.nn.Module], Iterable[tuple[str, torch.Tensor]]]
 
@@ -64,29 +66,40 @@ class SpectralCallback(Callback):
         self._svd0: dict[str, SVD] = {}
         self._rows: list[dict] = []
         self._last_step: int | None = None
+        self._resumed = False
 
-    def _weights(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    @contextmanager
+    def _weights(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
+        """(name, effective weight) pairs to read on global rank 0 inside the block. Every rank must enter:
+        under FSDP the block gathers the whole parameters (onto rank 0)."""
         fn = self.weights_fn
         if fn is None:
             from sorsa_repro.methods import effective_weights as fn
         # a LightningModule that wraps the adapted model as .model: effective_weights wants that model
-        inner = getattr(model, "model", None)
-        for name, w in fn(inner if isinstance(inner, torch.nn.Module) else model):
-            if self.target_modules is None or parse_layer_name(name)[1] in self.target_modules:
-                yield name, w
+        inner = getattr(pl_module, "model", None)
+        model = inner if isinstance(inner, torch.nn.Module) else pl_module
+        with whole_model(model, fsdp_root(trainer)) as whole, torch.no_grad(), _rng_guard():
+            yield (
+                (name, w)
+                for name, w in fn(whole)
+                if self.target_modules is None or parse_layer_name(name)[1] in self.target_modules
+            )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._path = Path(self.path or Path(trainer.default_root_dir) / "spectral.csv")
         self._svd0, self._rows, self._last_step = {}, [], None
-        if trainer.ckpt_path is not None:
+        self._resumed = trainer.ckpt_path is not None
+        if self._resumed:
             warnings.warn(
                 "SpectralCallback: resumed fit, pretrained weights unknown; not recording", stacklevel=2
             )
             return
-        if not trainer.is_global_zero:
-            return
-        with torch.no_grad(), _rng_guard():
-            for name, w in self._weights(pl_module):
+        with self._weights(trainer, pl_module) as weights:
+            if not trainer.is_global_zero:
+                return
+            for name, w in weights:
                 self._svd0[name] = svd(w.detach().to(self.device), self.dtype).to("cpu")
         if not self._svd0:
             warnings.warn("SpectralCallback: no adapted layers found; not recording", stacklevel=2)
@@ -95,18 +108,20 @@ class SpectralCallback(Callback):
         # called per micro-batch; record once when an optimizer step lands on a multiple of N
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._record(step, pl_module)
+            self._record(step, trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step != self._last_step:
-            self._record(trainer.global_step, pl_module)
+            self._record(trainer.global_step, trainer, pl_module)
 
-    def _record(self, step: int, pl_module: LightningModule) -> None:
+    def _record(self, step: int, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_step = step
-        if not self._svd0:
+        if self._resumed:
             return
-        with torch.no_grad(), _rng_guard():
-            for name, w in self._weights(pl_module):
+        with self._weights(trainer, pl_module) as weights:
+            if not self._svd0:  # not rank 0, or no adapted layers
+                return
+            for name, w in weights:
                 if name in self._svd0:
                     svd0 = self._svd0[name].to(self.device)
                     m = spectral_metrics(None, w.detach().to(self.device), k=self.k, eps=self.eps, svd0=svd0)

@@ -12,6 +12,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
+from sorsa_repro.training.distributed import clean_name, fsdp_root
 
 ORTHO_MODES = ("reference", "decoupled", "loss")
 METRIC_COLUMNS = ("step", "loss", "ortho_penalty", "lr", "grad_norm", "tokens_per_s")
@@ -88,11 +89,7 @@ class FineTuneModule(L.LightningModule):
             self.add_reference_penalty_grad()
 
     def _fsdp_root(self):
-        """The root FullyShardedDataParallel module when training under FSDP, else None."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        model = self._trainer.strategy.model if self._trainer is not None else None
-        return model if isinstance(model, FullyShardedDataParallel) else None
+        return fsdp_root(self._trainer)
 
     def _clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Clip the trainable gradients to ``max_norm`` in total; the total norm before clipping.
@@ -261,5 +258,9 @@ class FineTuneModule(L.LightningModule):
 
     # ---- checkpoints: trainable parameters only (the frozen rest is rebuilt from the base model) ----
     def on_save_checkpoint(self, checkpoint):
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # under FSDP the parameter names carry its wrappers; the (full) state dict's keys do not
+        trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
+        kept = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        if checkpoint["state_dict"] and not kept:  # a resume would silently restart the adapters
+            raise RuntimeError("checkpoint: no trainable parameter matched the state dict's names")
+        checkpoint["state_dict"] = kept

@@ -28,6 +28,7 @@ from sorsa_repro.methods import (
 from sorsa_repro.methods.config import TRAINING_KEYS
 from sorsa_repro.provenance import provenance
 from sorsa_repro.results import atomic_write_text, load_result, update_result
+from sorsa_repro.training.distributed import fsdp_root, whole_model
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,10 @@ def run_training(cfg: DictConfig) -> Path:
     if trainer.global_step < total_steps:
         raise RuntimeError(f"training stopped at step {trainer.global_step} of {total_steps}")
     trainer.save_checkpoint(ckpt)
+    with whole_model(model, fsdp_root(trainer)):  # under FSDP: all ranks gather, rank 0 writes
+        if trainer.is_global_zero:
+            _export(model, tokenizer, cfg, run_dir, method)
     if trainer.is_global_zero:
-        _export(model, tokenizer, cfg, run_dir, method)
         update_result(
             run_dir,
             {
@@ -395,10 +398,36 @@ def _fsdp_strategy_class():
                 )
             return state
 
+        def load_checkpoint(self, checkpoint_path, weights_only=None):
+            if not self._on_cpu() or Path(checkpoint_path).is_dir():
+                return super().load_checkpoint(checkpoint_path, weights_only)
+            from lightning.pytorch.trainer.states import TrainerFn
+            from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
+
+            path = Path(self.broadcast(str(checkpoint_path)))
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
+            with _full_state_dict_on_cpu(self.model, rank0_only=False):  # every rank loads its shards
+                self.model.load_state_dict(
+                    checkpoint.pop("state_dict"), strict=self.lightning_module.strict_loading
+                )
+                for optimizer, state in zip(
+                    self.optimizers, checkpoint.get("optimizer_states") or [], strict=False
+                ):
+                    if not fitting:
+                        break
+                    state = FullyShardedDataParallel.rekey_optim_state_dict(
+                        state, OptimStateKeyType.PARAM_NAME, self.model
+                    )
+                    optimizer.load_state_dict(
+                        FullyShardedDataParallel.optim_state_dict_to_load(self.model, optimizer, state)
+                    )
+            return checkpoint
+
     return FSDP
 
 
-def _full_state_dict_on_cpu(model):
+def _full_state_dict_on_cpu(model, rank0_only: bool = True):
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.api import FullOptimStateDictConfig
@@ -406,8 +435,8 @@ def _full_state_dict_on_cpu(model):
     return FSDP.state_dict_type(
         model,
         StateDictType.FULL_STATE_DICT,
-        FullStateDictConfig(offload_to_cpu=False, rank0_only=True),
-        FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True),
+        FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+        FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
     )
 
 

@@ -1,0 +1,88 @@
+"""Reading a model that FSDP shards: whole parameters on rank 0, names as in the unwrapped model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+# what FSDP (and activation-checkpoint wrappers) insert into parameter names
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter name as the unwrapped model (and a full FSDP state dict) spells it."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def fsdp_root(trainer) -> nn.Module | None:
+    """The root FullyShardedDataParallel module when ``trainer`` trains under FSDP, else None."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = trainer.strategy.model if trainer is not None else None
+    return model if isinstance(model, FullyShardedDataParallel) else None
+
+
+@contextmanager
+def whole_model(model: nn.Module, root: nn.Module | None) -> Iterator[nn.Module]:
+    """``model`` as a plain module with whole parameters, to read (not train) inside the block.
+
+    ``root`` is the FSDP root that shards ``model`` (``fsdp_root``), or None, when ``model`` is yielded as it
+    is. Under FSDP every rank must enter (the parameters are all-gathered) and only global rank 0 gets the
+    whole parameters, on the CPU when training on GPUs; the FSDP wrappers inside ``model`` are lifted out of
+    the module tree for the block, so names, ``state_dict`` and ``save_pretrained`` are the unwrapped model's.
+    Changes to parameter values inside the block are not written back to the shards.
+    """
+    if root is None:
+        yield model
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    offload = next(root.parameters()).device.type != "cpu"
+    with FullyShardedDataParallel.summon_full_params(
+        root, writeback=False, rank0_only=True, offload_to_cpu=offload
+    ):
+        lifted = _lift_wrappers(model, FullyShardedDataParallel)
+        try:
+            yield model
+        finally:
+            for parent, attr, wrapper in reversed(lifted):
+                parent._modules[attr] = wrapper
+
+
+def _lift_wrappers(model: nn.Module, wrapper_type: type) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace every ``wrapper_type`` submodule by the module it wraps; (parent, attribute, wrapper) of each."""
+    lifted = []
+    stack = [model]
+    while stack:
+        parent = stack.pop()
+        for attr, child in list(parent._modules.items()):
+            while isinstance(child, wrapper_type):
+                lifted.append((parent, attr, child))
+                child = child.module
+                parent._modules[attr] = child
+            if child is not None:
+                stack.append(child)
+    return lifted
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 (also after the trainer is gone, and before one exists)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def release_process_group() -> None:
+    """End the training's process group and free cached GPU memory (before evaluation starts vLLM)."""
+    import gc
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
