@@ -299,3 +299,21 @@ def test_fsdp_resume_after_kill_reproduces_the_uninterrupted_run(runs, tmp_path)
     assert_same_steps(read_metrics(part), read_metrics(uninterrupted), ("loss", "grad_norm", "ortho_penalty"))
     assert_same_tensors(load_tensors(part / "adapter"), load_tensors(uninterrupted / "adapter"))
     assert json.loads((part / "result.json").read_text())["train"]["resumed"]
+
+
+@pytest.mark.parametrize(("rank", "evaluates"), [(0, True), (1, False)])
+def test_only_global_rank_zero_evaluates_after_training(tmp_path, monkeypatch, rank, evaluates):
+    """Every rank of a multi-GPU job runs the whole job; the evaluation (one vLLM on one GPU) runs once."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    import sorsa_repro.evaluation.run as evaluation
+    import sorsa_repro.training.task as task
+    from sorsa_repro.train import run_job
+
+    evaluated = []
+    monkeypatch.setattr(task, "run_training", lambda cfg: Path(cfg.run_dir))
+    monkeypatch.setattr(evaluation, "evaluate_after_training", lambda run_dir, cfg: evaluated.append(run_dir))
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    cfg = compose_cfg(tmp_path, "sorsa", 2, "evaluate.benchmarks=[gsm8k]")
+    assert run_job(cfg) == Path(cfg.run_dir)
+    assert evaluated == ([Path(cfg.run_dir)] if evaluates else [])

@@ -358,8 +358,9 @@ def _fsdp_strategy_class():
 
     class FSDP(FSDPStrategy):
         """Lightning's FSDPStrategy, which also runs on CPU processes (gloo, for tests): there Lightning
-        passes ``device_id=None``, which torch's FSDP rejects without an accelerator, and gathers full
-        state dicts with ``offload_to_cpu=True``, which crashes when the shards already live on the CPU."""
+        passes ``device_id=None``, which torch's FSDP rejects without an accelerator, and saves and loads
+        full state dicts with ``offload_to_cpu=True``, which crashes when the shards already live on the
+        CPU. On GPUs Lightning's own code runs unchanged."""
 
         def _on_cpu(self) -> bool:
             return self.root_device.type == "cpu"
