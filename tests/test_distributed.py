@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from sorsa_repro.training.module import ORTHO_MODES
-from sorsa_repro.training.task import run_training
+from sorsa_repro.training.task import run_training, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = str(REPO / "conf")
@@ -113,7 +113,7 @@ CHILD = """
 import os, sys
 from omegaconf import OmegaConf
 from sorsa_repro.training.module import FineTuneModule
-from sorsa_repro.training.task import run_training
+from sorsa_repro.training.task import run_training, validate_config
 die_at = int(os.environ.get("DIE_AT_STEP", 0))
 if die_at:  # a kill right after optimizer step die_at, on both ranks
     def die(self, *args):
@@ -222,11 +222,11 @@ def test_fsdp_sorsa_penalty_matches_one_process(runs, mode):
 def test_strategy_objects_from_the_trainer_configs(tiny_model_factory):
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from sorsa_repro.training.task import _strategy
+    from sorsa_repro.training.distributed import build_strategy
 
     def strategy(*overrides: str):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            return _strategy(compose(config_name="train", overrides=["experiment=mini", *overrides]))
+            return build_strategy(compose(config_name="train", overrides=["experiment=mini", *overrides]))
 
     assert strategy() == "auto"
     ddp = strategy("trainer=ddp")
@@ -244,6 +244,10 @@ def test_strategy_objects_from_the_trainer_configs(tiny_model_factory):
     # the paper's bf16 weights + fp32 adapters cannot share an FSDP unit: a clear error, not torch's
     with pytest.raises(ValueError, match="bf16-mixed"):
         strategy("experiment=paper_llama2_7b", "trainer=fsdp")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):  # before any weight loads
+        paper_fsdp = compose(config_name="train", overrides=["experiment=paper_llama2_7b", "trainer=fsdp"])
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        validate_config(paper_fsdp)
     assert isinstance(
         strategy("experiment=paper_llama2_7b", "trainer=fsdp", "train.precision=bf16-mixed"), FSDPStrategy
     )

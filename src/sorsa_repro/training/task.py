@@ -28,7 +28,7 @@ from sorsa_repro.methods import (
 from sorsa_repro.methods.config import TRAINING_KEYS
 from sorsa_repro.provenance import provenance
 from sorsa_repro.results import atomic_write_text, load_result, update_result
-from sorsa_repro.training.distributed import fsdp_root, whole_model
+from sorsa_repro.training.distributed import build_strategy, fsdp_root, whole_model
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def validate_config(cfg: DictConfig) -> MethodConfig:
         raise ValueError(f"train.max_steps must be >= 1 or null, got {cfg.train.max_steps}")
     if float(cfg.method.lr) <= 0 or cfg.train.lr_multiplier <= 0:
         raise ValueError("method.lr and train.lr_multiplier must be > 0")
+    build_strategy(cfg)  # a strategy the config cannot run with fails here
     # shapes only: rank against every target matrix, before any weight is loaded
     from transformers import AutoModelForCausalLM
 
@@ -212,7 +213,7 @@ def run_training(cfg: DictConfig) -> Path:
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
-        strategy=_strategy(cfg),
+        strategy=build_strategy(cfg),
         num_nodes=cfg.trainer.get("num_nodes", 1),
         precision=precision,
         max_steps=total_steps,
@@ -308,137 +309,6 @@ def _protocol(cfg: DictConfig, data, total_steps: int, world: int) -> dict:
 
 def _model_identity(cfg: DictConfig, dtype: str) -> dict:
     return {"name": cfg.model.name, "dtype": dtype}
-
-
-def _strategy(cfg: DictConfig):
-    """A Lightning strategy from ``trainer.strategy``: a name ("auto", "ddp", ...) passes through; a
-    mapping with ``name: ddp | fsdp`` and the strategy's keyword arguments builds the object."""
-    spec = cfg.trainer.strategy
-    if isinstance(spec, str):
-        return spec
-    kwargs = OmegaConf.to_container(spec, resolve=True)
-    name = kwargs.pop("name", None)
-    if name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy(**kwargs)
-    if name == "fsdp":
-        bf16_adapters = cfg.method.name == "sorsa" and cfg.method.get("adapter_dtype") in ("bfloat16", "bf16")
-        if cfg.train.precision == "bf16-true" and not (cfg.method.name == "full" or bf16_adapters):
-            # torch FSDP flattens a unit's parameters into one tensor of one dtype: bf16 frozen weights and
-            # fp32 adapters (SORSA's factors, PEFT's autocast LoRA) cannot share a decoder-layer unit
-            raise ValueError(
-                "trainer=fsdp with train.precision=bf16-true mixes bf16 weights and fp32 adapters in one FSDP "
-                "unit, which torch's FSDP cannot flatten: use train.precision=bf16-mixed (fp32 storage, bf16 "
-                "compute), method.adapter_dtype=bfloat16 (SORSA), or trainer=ddp"
-            )
-        from functools import partial
-
-        from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
-
-        wrap = set(kwargs.pop("auto_wrap", None) or ())
-        if wrap:  # by class name, so one config serves Llama, Mistral and Gemma
-            kwargs["auto_wrap_policy"] = partial(lambda_auto_wrap_policy, lambda_fn=_ClassNamed(wrap))
-        return _fsdp_strategy_class()(**kwargs)
-    raise ValueError(f"trainer.strategy.name={name!r}: use ddp or fsdp (or a Lightning strategy name string)")
-
-
-class _ClassNamed:
-    """Picklable predicate: is the module's class named one of ``names``."""
-
-    def __init__(self, names: set[str]):
-        self.names = names
-
-    def __call__(self, module) -> bool:
-        return type(module).__name__ in self.names
-
-
-def _fsdp_strategy_class():
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    class FSDP(FSDPStrategy):
-        """Lightning's FSDPStrategy, which also runs on CPU processes (gloo, for tests): there Lightning
-        passes ``device_id=None``, which torch's FSDP rejects without an accelerator, and saves and loads
-        full state dicts with ``offload_to_cpu=True``, which crashes when the shards already live on the
-        CPU. On GPUs Lightning's own code runs unchanged."""
-
-        def _on_cpu(self) -> bool:
-            return self.root_device.type == "cpu"
-
-        def _setup_model(self, model):
-            if not self._on_cpu():
-                return super()._setup_model(model)
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel(
-                module=model,
-                cpu_offload=self.cpu_offload,
-                mixed_precision=self.mixed_precision_config,
-                sharding_strategy=self.sharding_strategy,
-                device_id=self.root_device,
-                **self.kwargs,
-            )
-
-        def lightning_module_state_dict(self):
-            if not (self._on_cpu() and self._state_dict_type == "full"):
-                return super().lightning_module_state_dict()
-            with _full_state_dict_on_cpu(self.model):
-                return self.model.state_dict()
-
-        def optimizer_state(self, optimizer):
-            if not (self._on_cpu() and self._state_dict_type == "full"):
-                return super().optimizer_state(optimizer)
-            from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
-
-            optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's wrapped one
-            with _full_state_dict_on_cpu(self.model):
-                state = FullyShardedDataParallel.optim_state_dict(self.model, optimizer)
-            if self.global_rank == 0:  # the standard (parameter id) format, as Lightning stores it
-                state = FullyShardedDataParallel.rekey_optim_state_dict(
-                    state, OptimStateKeyType.PARAM_ID, self.model
-                )
-            return state
-
-        def load_checkpoint(self, checkpoint_path, weights_only=None):
-            if not self._on_cpu() or Path(checkpoint_path).is_dir():
-                return super().load_checkpoint(checkpoint_path, weights_only)
-            from lightning.pytorch.trainer.states import TrainerFn
-            from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
-
-            path = Path(self.broadcast(str(checkpoint_path)))
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
-            with _full_state_dict_on_cpu(self.model, rank0_only=False):  # every rank loads its shards
-                self.model.load_state_dict(
-                    checkpoint.pop("state_dict"), strict=self.lightning_module.strict_loading
-                )
-                for optimizer, state in zip(
-                    self.optimizers, checkpoint.get("optimizer_states") or [], strict=False
-                ):
-                    if not fitting:
-                        break
-                    state = FullyShardedDataParallel.rekey_optim_state_dict(
-                        state, OptimStateKeyType.PARAM_NAME, self.model
-                    )
-                    optimizer.load_state_dict(
-                        FullyShardedDataParallel.optim_state_dict_to_load(self.model, optimizer, state)
-                    )
-            return checkpoint
-
-    return FSDP
-
-
-def _full_state_dict_on_cpu(model, rank0_only: bool = True):
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp.api import FullOptimStateDictConfig
-
-    return FSDP.state_dict_type(
-        model,
-        StateDictType.FULL_STATE_DICT,
-        FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
-        FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
-    )
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
