@@ -154,8 +154,8 @@ MULTI_ONLY = {"ddp": ("train.gradient_checkpointing=true",), "fsdp": ()}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
-    """name -> (metrics of the two-process run, metrics of one process with the global batch)."""
+def runs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """name -> (folder of the two-process run, folder of one process with the global batch)."""
     root = tmp_path_factory.mktemp("distributed")
     paths, out = [], {}
     for name, method, strategy, extra in CASES:
@@ -165,7 +165,6 @@ def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
         paths.append(root / f"{name}.yaml")
         OmegaConf.save(multi, paths[-1])
     launch_two_ranks(paths)
-    run_dirs["multi"] = {name: run_dir(root / name) for name, *_ in CASES}
     # one thread, as each of the two processes runs (Lightning sets cores / processes): the SVD at init then
     # rounds the same way, which matters because the gradient of ||U^T U - I||_F at orthonormal factors is
     # the unit direction of the rounding noise, whatever its size
@@ -174,14 +173,10 @@ def runs(tmp_path_factory) -> dict[str, tuple[list[dict], list[dict]]]:
     try:
         for name, method, _, extra in CASES:
             one = run_training(compose_cfg(root / f"{name}-one", method, 4, *extra))
-            run_dirs["one"][name] = one
-            out[name] = (read_metrics(run_dirs["multi"][name]), read_metrics(one))
+            out[name] = (run_dir(root / name), one)
     finally:
         torch.set_num_threads(threads)
     return out
-
-
-run_dirs: dict[str, dict[str, Path]] = {"multi": {}, "one": {}}  # filled by the ``runs`` fixture
 
 
 def run_dir(results: Path) -> Path:
@@ -202,7 +197,7 @@ def assert_same_steps(got: list[dict], want: list[dict], keys: tuple[str, ...]) 
 @pytest.mark.parametrize("method", ["sorsa", "lora"])
 def test_ddp_matches_one_process_with_the_global_batch(runs, method):
     """Two DDP processes with gradient checkpointing against one process without."""
-    got, want = runs[f"ddp-{method}"]
+    got, want = map(read_metrics, runs[f"ddp-{method}"])
     keys = ("loss", "grad_norm") + (("ortho_penalty",) if method == "sorsa" else ())
     assert_same_steps(got, want, keys)
     assert len({r["loss"] for r in want}) == 3  # the steps differ: the comparison is not vacuous
@@ -214,7 +209,7 @@ def test_fsdp_sorsa_penalty_matches_one_process(runs, mode):
     """FSDP shards the factors: the penalty (gathered), its gradient in each regularizer mode and the
     clipping norm (FSDP's clip_grad_norm_) are computed over the shards. gamma 0.05 makes the penalty's
     gradient matter from step 2 on."""
-    got, want = runs[f"fsdp-{mode}"]
+    got, want = map(read_metrics, runs[f"fsdp-{mode}"])
     assert_same_steps(got, want, ("loss", "grad_norm", "ortho_penalty"))
     assert float(want[-1]["ortho_penalty"]) > 1e-4  # the factors have left orthonormality
 
@@ -273,7 +268,7 @@ def assert_same_tensors(got: dict, want: dict) -> None:
 def test_fsdp_exports_the_whole_trained_model(runs, name):
     """Adapter, merged model and spectra of a sharded run: whole tensors, the unwrapped model's names, and
     the values one process with the global batch writes."""
-    multi, one = run_dirs["multi"][name], run_dirs["one"][name]
+    multi, one = runs[name]
     for folder in ("adapter", "merged"):
         assert_same_tensors(load_tensors(multi / folder), load_tensors(one / folder))
     assert not any("_fsdp" in key for key in load_tensors(multi / "merged"))
@@ -299,7 +294,7 @@ def test_fsdp_resume_after_kill_reproduces_the_uninterrupted_run(runs, tmp_path)
     assert json.loads((part / "result.json").read_text())["train"]["status"] == "running"
     assert [r["step"] for r in read_metrics(part)] == ["1", "2", "3"]
     launch_two_ranks([tmp_path / "run.yaml"])
-    uninterrupted = run_dirs["multi"]["fsdp-reference"]
+    uninterrupted = runs["fsdp-reference"][0]
     assert_same_steps(read_metrics(part), read_metrics(uninterrupted), ("loss", "grad_norm", "ortho_penalty"))
     assert_same_tensors(load_tensors(part / "adapter"), load_tensors(uninterrupted / "adapter"))
     assert json.loads((part / "result.json").read_text())["train"]["resumed"]

@@ -189,14 +189,12 @@ def _fsdp_strategy_class():
             path = Path(self.broadcast(str(checkpoint_path)))
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
             fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
-            optimizer_states = (checkpoint.get("optimizer_states") or []) if fitting else []
             with _full_state_dict_on_cpu(self.model, rank0_only=False):  # every rank loads its shards
                 self.model.load_state_dict(
                     checkpoint.pop("state_dict"), strict=self.lightning_module.strict_loading
                 )
-                for optimizer, state in zip(
-                    self.optimizers[: len(optimizer_states)], optimizer_states, strict=True
-                ):
+                optimizer_states = checkpoint["optimizer_states"] if fitting else []
+                for optimizer, state in zip(self.optimizers, optimizer_states, strict=fitting):
                     state = FullyShardedDataParallel.rekey_optim_state_dict(
                         state, OptimStateKeyType.PARAM_NAME, self.model
                     )
