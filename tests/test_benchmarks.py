@@ -27,6 +27,7 @@ ROW_NUMBERS = {  # per benchmark: numeric columns that must be positive in every
     "svd_init": ("total_s",),
     "generation": ("tokens_per_s", "generated_tokens", "generate_s", "load_s"),
     "train_throughput": ("tokens_per_s", "step_s", "tokens_per_step", "trainable", "params"),
+    "cpu_contention": ("step_s", "slowdown", "vs_default"),
 }
 
 
@@ -89,6 +90,15 @@ def test_generation_vllm_smoke():
 def test_train_throughput_smoke(tmp_path):
     payload = run_smoke("train_throughput", tmp_path)
     assert [r["method"] for r in payload["rows"]] == ["sorsa", "lora"]
+
+
+@pytest.mark.slow
+def test_cpu_contention_smoke(tmp_path):
+    payload = run_smoke("cpu_contention", tmp_path)
+    rows = {(r["policy"], r["competitor"]): r for r in payload["rows"]}
+    assert set(rows) == {(p, c) for p in ("default", "passive") for c in (False, True)}
+    assert all(rows[(p, False)]["slowdown"] == 1 for p in ("default", "passive"))
+    assert rows[("default", False)]["vs_default"] == 1
 
 
 def test_every_benchmark_is_tested():

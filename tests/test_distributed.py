@@ -180,7 +180,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 
 
 def run_dir(results: Path) -> Path:
-    return next(results.glob("mini/*-r4-s0"))
+    return next(results.glob("mini/*-r4-s0-*"))
 
 
 CPU_RANKS = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_workers=0")
@@ -291,7 +291,7 @@ def test_fsdp_resume_after_kill_reproduces_the_uninterrupted_run(runs, tmp_path)
     OmegaConf.save(cfg, tmp_path / "run.yaml")
     assert launch_two_ranks([tmp_path / "run.yaml"], env_extra={"DIE_AT_STEP": "3"}) == [3, 3]
     part = run_dir(tmp_path)
-    assert json.loads((part / "result.json").read_text())["train"]["status"] == "running"
+    assert json.loads((part / "result.json").read_text())["train"]["status"] == "interrupted"  # SystemExit
     assert [r["step"] for r in read_metrics(part)] == ["1", "2", "3"]
     launch_two_ranks([tmp_path / "run.yaml"])
     uninterrupted = runs["fsdp-reference"][0]
@@ -310,9 +310,10 @@ def test_only_global_rank_zero_evaluates_after_training(tmp_path, monkeypatch, r
     from sorsa_repro.train import run_job
 
     evaluated = []
-    monkeypatch.setattr(task, "run_training", lambda cfg: Path(cfg.run_dir))
+    monkeypatch.setattr(task, "prepare_training", lambda cfg: cfg)
+    monkeypatch.setattr(task, "train_in_folder", lambda prepared: Path(prepared.run_dir))
     monkeypatch.setattr(evaluation, "evaluate_after_training", lambda run_dir, cfg: evaluated.append(run_dir))
     monkeypatch.setattr(rank_zero_only, "rank", rank)
     cfg = compose_cfg(tmp_path, "sorsa", 2, "evaluate.benchmarks=[gsm8k]")
-    assert run_job(cfg) == Path(cfg.run_dir)
+    assert run_job(cfg)["status"] == "ok"
     assert evaluated == ([Path(cfg.run_dir)] if evaluates else [])

@@ -241,6 +241,25 @@ def test_rerun_generates_only_missing_and_keeps_order(tmp_path, fake):
     assert sum(len(c) for c in fake.calls) == 5
 
 
+def test_smaller_limit_keeps_generated_rows_and_timings_add_up(tmp_path, fake):
+    fake.answer = lambda p: "The answer is: 1"
+    cfg = {"model": OFFLINE_MODEL, "benchmarks": ["synthetic"], "out_dir": str(tmp_path)}
+    path = tmp_path / "predictions" / "synthetic.jsonl"
+    evaluate({**cfg, "limit": 6})
+    first = json.loads((tmp_path / "result.json").read_text())["eval"]["synthetic"]
+    rows = path.read_text()
+    evaluate({**cfg, "limit": 2})  # reports on the first two, keeps all six
+    assert path.read_text() == rows
+    small = json.loads((tmp_path / "result.json").read_text())["eval"]["synthetic"]
+    assert small["n"] == 2 and small["wall_time_s"] == first["wall_time_s"]
+    assert small["generated_tokens"] == first["generated_tokens"] == 6 * 5
+    evaluate({**cfg, "limit": 8})  # two more generated; timings of both calls add up
+    more = json.loads((tmp_path / "result.json").read_text())["eval"]["synthetic"]
+    assert more["n"] == 8 and more["n_generated"] == 2 and more["generated_tokens"] == 8 * 5
+    assert more["wall_time_s"] > first["wall_time_s"]
+    assert [r["id"] for r in _rows(path)] == [e["id"] for e in load_eval_examples("synthetic", limit=8)]
+
+
 def test_evaluate_after_training_reads_the_train_config(tmp_path, fake):
     from omegaconf import OmegaConf
 
@@ -331,13 +350,13 @@ def test_cli_end_to_end_writes_predictions_and_result(tmp_path, data_dir):
     rows = _rows(out / "predictions" / "gsm8k.jsonl")
     assert [r["id"] for r in rows] == [f"gsm8k/test/{i}" for i in range(4)]
     for row in rows:
-        assert ROW_KEYS <= set(row) and set(row["correct"]) == {"numeric"}
+        assert ROW_KEYS <= set(row) and set(row["correct"]) == {"metamath", "numeric"}
         assert set(row["correct"]["numeric"]) == {"strict", "flexible"} and 1 <= row["n_tokens"] <= 24
     result = json.loads((out / "result.json").read_text())
     entry = result["eval"]["gsm8k"]
     assert RESULT_KEYS <= set(entry) and entry["n"] == 4 and entry["limit"] == 4 and entry["backend"] == "hf"
     assert entry["max_new_tokens"] == 24 and entry["tokens_per_s"] > 0
-    assert set(entry["scores"]) == {"numeric"} and SCORE_KEYS <= set(entry["scores"]["numeric"])
+    assert set(entry["scores"]) == {"metamath", "numeric"} and SCORE_KEYS <= set(entry["scores"]["numeric"])
     assert result["provenance"]["model"] == OFFLINE_MODEL
 
 

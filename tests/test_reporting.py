@@ -324,3 +324,62 @@ def test_wandb_report_blocks_are_built_without_network(tmp_path, no_network):
     assert isinstance(grids[3].panels[0], wr.RunComparer)
     table = next(b for b in report.blocks if isinstance(b, wr.MarkdownBlock))
     assert "| SORSA  | 8 |   1.0K |     1 |      50.00 ± – |" in table.text
+
+
+# ---------------------------------------------------------------------------------------------- verdict
+
+
+def _same_run(
+    ref_root: Path, our_root: Path, name: str, loss_scale: float = 1.0, n_correct: int | None = None
+):
+    """Copy a reference run folder into ``our_root``, optionally with scaled losses or another count."""
+    import json
+    import shutil
+
+    ours = our_root / "exp" / name
+    shutil.copytree(ref_root / "exp" / name, ours)
+    metrics = pd.read_csv(ours / "metrics.csv")
+    metrics.loc[metrics["step"] == 3, "loss"] *= loss_scale
+    metrics.to_csv(ours / "metrics.csv", index=False)
+    if n_correct is not None:
+        result = json.loads((ours / "result.json").read_text())
+        result["eval"]["gsm8k"]["scores"]["metamath"]["n_strict"] = n_correct
+        atomic_write_json(ours / "result.json", result)
+    return ours
+
+
+def test_reproducibility_verdict(tmp_path):
+    from sorsa_repro.reporting.reproducibility import LOSS_RTOL, accuracy_tolerance, reproducibility_verdict
+
+    ref, ours = tmp_path / "ref", tmp_path / "ours"
+    for method in ("lora", "sorsa"):
+        make_run(ref, method, 8, 0, {"gsm8k": {"metamath": 0.5}})
+    assert accuracy_tolerance(20) == 1 and accuracy_tolerance(300) == 6
+    _same_run(ref, ours, "lora-r8-s0", loss_scale=1 + LOSS_RTOL / 2, n_correct=2)  # within both bounds
+    _same_run(ref, ours, "sorsa-r8-s0")
+    verdict = reproducibility_verdict(ours, ref, "exp")
+    assert verdict.verdict == "REPRODUCED" and [c.verdict for c in verdict.runs] == ["reproduced"] * 2
+
+    _same_run(ref, tmp_path / "loss", "lora-r8-s0", loss_scale=1.01)  # a clear difference at step 3
+    _same_run(ref, tmp_path / "loss", "sorsa-r8-s0", n_correct=4)  # 3 more correct: beyond 1 problem
+    verdict = reproducibility_verdict(tmp_path / "loss", ref, "exp")
+    assert verdict.verdict == "DIFFERS"
+    lora, sorsa = verdict.runs
+    assert lora.verdict == "differs" and lora.at_step == 3 and lora.max_loss_rel_diff == pytest.approx(0.01)
+    assert sorsa.reasons == ["gsm8k/metamath: 4 of 20 correct here, 1 in the reference"]
+
+    _same_run(ref, tmp_path / "part", "sorsa-r8-s0")
+    partial = reproducibility_verdict(tmp_path / "part", ref, "exp")
+    assert partial.verdict == "DIFFERS" and [c.verdict for c in partial.runs] == ["missing", "reproduced"]
+    assert reproducibility_verdict(ours, tmp_path / "none", "exp").verdict == "NO REFERENCE"
+
+
+def test_verdict_command_writes_the_readme_section(tmp_path, capsys):
+    ref = tmp_path / "ref"
+    make_run(ref, "lora", 8, 0, {"gsm8k": {"metamath": 0.5}})
+    _same_run(ref, tmp_path / "ours", "lora-r8-s0")
+    args = [f"results_dir={tmp_path / 'ours'}", f"out_dir={tmp_path / 'out'}", f"reference_runs={ref}"]
+    assert cli.main(["verdict", "experiment=exp", *args]) == 0
+    readme = (tmp_path / "out" / "exp" / "README.md").read_text()
+    assert "## Reproducibility against the committed reference" in readme and "**REPRODUCED**" in readme
+    assert "**REPRODUCED**" in capsys.readouterr().out

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from sorsa_repro.methods import apply_method
 from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
+from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.module import FineTuneModule
 from sorsa_repro.training.task import optimizer_steps, run_training
 
@@ -57,7 +58,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def test_every_experiment_composes(experiment, method):
     cfg = compose_train(f"experiment={experiment}", f"method={method}")
     assert cfg.experiment_name == experiment
-    assert cfg.run_dir == f"results/{experiment}/{method}-r{cfg.method.rank}-s{cfg.seed}"
+    assert (
+        cfg.run_dir == f"results/{experiment}/{method}-r{cfg.method.rank}-s{cfg.seed}-{config_hash(cfg)[:8]}"
+    )
 
 
 @pytest.mark.parametrize("method,lr", [("sorsa", 3e-5), ("lora", 2e-5), ("pissa", 2e-5), ("full", 2e-5)])
@@ -230,7 +233,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_losses(tmp_path, monkeyp
         run_training(cfg)
     monkeypatch.undo()
     run_dir = Path(cfg.run_dir)
-    assert json.loads((run_dir / "result.json").read_text())["train"]["status"] == "running"
+    assert json.loads((run_dir / "result.json").read_text())["train"]["status"] == "failed"
     run_training(cfg)  # the same command again continues from the step-3 checkpoint
     got = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(run_dir)]
     assert got == expected
@@ -239,7 +242,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_losses(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_finished_run_is_not_trained_again_and_changed_config_is(tmp_path, monkeypatch):
+def test_finished_run_is_not_trained_again_and_changed_config_gets_its_own_folder(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path)
     run_dir = run_training(cfg)
     stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
@@ -247,10 +250,12 @@ def test_finished_run_is_not_trained_again_and_changed_config_is(tmp_path, monke
     run_training(cfg)
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     monkeypatch.undo()
-    changed = tiny_cfg(tmp_path, "sorsa", "method.gamma=0.0")
-    run_training(changed)
-    assert json.loads((run_dir / "result.json").read_text())["config_hash"] != ""
-    assert (run_dir / "metrics.csv").stat().st_mtime_ns != stamp
+    changed = run_training(tiny_cfg(tmp_path, "sorsa", "method.gamma=0.0"))
+    assert changed != run_dir and changed.name.startswith(run_dir.name.rsplit("-", 1)[0])
+    assert json.loads((changed / "result.json").read_text())["config_hash"] == config_hash(
+        tiny_cfg(tmp_path, "sorsa", "method.gamma=0.0")
+    )
+    assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp  # the first run is untouched
 
 
 def _fails_before_model_load(monkeypatch, cfg, match):

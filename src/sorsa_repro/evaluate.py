@@ -14,14 +14,11 @@ Options: conf/eval.yaml (the fields of ``sorsa_repro.evaluation.run.EvalConfig``
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sorsa_repro.evaluation.run import evaluate
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from sorsa_repro.layout import CONF_DIR
 
 
 def model_override(arg: str) -> str:
@@ -36,12 +33,19 @@ def model_override(arg: str) -> str:
     return f"+model.name={value}"
 
 
-@hydra.main(config_path="../../conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
+    from sorsa_repro.evaluation.run import evaluate  # after cpu_threads.configure(): it imports torch
+
     evaluate(OmegaConf.to_container(cfg, resolve=True))
 
 
 def main() -> None:
+    from sorsa_repro import cpu_threads
+    from sorsa_repro.train import exit_on_sigterm
+
+    cpu_threads.configure()
+    exit_on_sigterm()
     sys.argv = [sys.argv[0], *(model_override(a) for a in sys.argv[1:])]
     _main()
 

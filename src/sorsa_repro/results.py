@@ -13,10 +13,10 @@ result.json (every key optional until its stage has run)::
     {
       "schema": 1,
       "run": {"experiment", "method", "rank", "seed"},
-      "config_hash": str,                # hash of the resolved training config
-      "train": {"status": "finished"|"running"|"failed", "steps", "final_loss",
-                "trainable_params", "total_params", "wall_time_s", "peak_memory_mb",
-                "error"?},
+      "config_hash": str,                # hash of the resolved training config (also in the folder name)
+      "train": {"status": STATUSES, "steps", "final_loss", "trainable_params", "total_params",
+                "wall_time_s", "fit_time_s", "peak_memory_mb", "resumed", "attempts", "error"?},
+      "evaluation": {"status": STATUSES, "benchmarks", "error"?},   # the evaluation stage
       "protocol": {"train": {...data/model/schedule identity...}},
       "eval": {<benchmark>: {"n", "limit", "max_new_tokens", "backend", "prompt_version",
                               "wall_time_s", "tokens_per_s",
@@ -25,19 +25,38 @@ result.json (every key optional until its stage has run)::
       "provenance": {"git_commit", "git_dirty", "packages": {...}, "model", "data", "host"}
     }
 
-Writes are atomic: a temp file in the same folder, then ``os.replace``.
+Each stage (training, evaluation) owns its own status; only the stage that ran changes it. Writes are
+atomic: a temp file in the same folder, then ``os.replace``. One process at a time works in a run
+folder (``run_folder_lock``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
+LOCK_FILE = ".lock"
 SCHEMA_VERSION = 1
+STATUSES = ("running", "finished", "failed", "interrupted")
+# a child process (the vLLM evaluation) working for the process that holds the folder's lock
+LOCK_HELD_ENV = "SORSA_RUN_LOCK_HELD"
+_HELD: set[str] = set()  # run folders whose lock this process holds (the lock is re-entrant)
+
+
+class UnreadableResultError(ValueError):
+    """A result.json that exists but cannot be read (cut short, edited by hand, not an object)."""
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another process holds the run folder's lock."""
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -57,6 +76,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Fill a temp folder beside ``path`` in the block; on success it replaces ``path`` (mode 0755).
+
+    An interrupted block leaves only ``.<name>.*``, which ``remove_temp_files`` deletes on the next start.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700: others on the machine could not read the export
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -67,9 +107,17 @@ def read_json(path: str | os.PathLike) -> dict:
 
 
 def load_result(run_dir: str | os.PathLike) -> dict:
-    """The run's result.json, or an empty dict when it has none yet."""
+    """The run's result.json, or an empty dict when it has none yet; UnreadableResultError names the file."""
     path = Path(run_dir) / RESULT_FILE
-    return read_json(path) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        result = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableResultError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+    if not isinstance(result, dict):
+        raise UnreadableResultError(f"{path} holds a {type(result).__name__}, not a JSON object")
+    return result
 
 
 def _deep_merge(base: dict, patch: dict) -> dict:
@@ -88,3 +136,82 @@ def update_result(run_dir: str | os.PathLike, patch: dict) -> dict:
     result["schema"] = SCHEMA_VERSION
     atomic_write_json(Path(run_dir) / RESULT_FILE, result)
     return result
+
+
+def set_status(run_dir: str | os.PathLike, stage: str, status: str, error: str | None = None) -> dict:
+    """Record the status of one stage (``train`` or ``evaluation``); other stages are left alone."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r}; use one of {STATUSES}")
+    block: dict[str, Any] = {"status": status, "error": error}
+    return update_result(run_dir, {stage: block})
+
+
+ERROR_FILE = "error.txt"
+
+
+@contextmanager
+def stage(run_dir: str | os.PathLike, name: str, enabled: bool = True) -> Iterator[None]:
+    """Run one stage of a run folder: status ``running``, then ``finished``; on an exception ``failed``
+    (``interrupted`` for Ctrl-C, SIGTERM or SystemExit) with the error in result.json and the traceback in
+    error.txt. ``enabled=False`` (processes other than global rank 0) records nothing."""
+    if not enabled:
+        yield
+        return
+    set_status(run_dir, name, "running")
+    try:
+        yield
+    except BaseException as err:
+        import traceback
+
+        interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
+        message = f"{type(err).__name__}: {err}".strip()
+        atomic_write_text(Path(run_dir) / ERROR_FILE, f"stage: {name}\n\n{traceback.format_exc()}")
+        set_status(run_dir, name, "interrupted" if interrupted else "failed", message)
+        raise
+    set_status(run_dir, name, "finished")
+
+
+@contextmanager
+def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run folder's lock (``<run>/.lock``, an flock) for the block; RunFolderBusyError if taken.
+
+    The lock dies with its process (kill -9 included), so no stale lock ever blocks a rerun. A child
+    process started with ``LOCK_HELD_ENV`` set to the folder works under its parent's lock.
+    """
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if os.environ.get(LOCK_HELD_ENV) == key or key in _HELD:  # the parent's lock, or ours already
+        yield run_dir
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunFolderBusyError(
+                f"run folder {run_dir} is in use by {holder}; wait for it to end (or stop it) and run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        _HELD.add(key)
+        try:
+            yield run_dir
+        finally:
+            _HELD.discard(key)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Temp files and folders that an interrupted atomic write left in the folder (``.<name>.*``)."""
+    import shutil
+
+    removed = []
+    for path in Path(run_dir).glob(".*.*"):
+        if path.name == LOCK_FILE:
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -1,53 +1,97 @@
 """Train one run: ``python -m sorsa_repro.train experiment=mini method=sorsa seed=0`` (or ``sorsa-train``).
 
-Multirun sweeps (``-m``, or a sweep file in conf/sweep/) train and then evaluate every job; a job
-that fails records its error in its run folder and the sweep goes on.
+A job validates its config and loads its data before it touches anything (a bad command writes nothing),
+then claims its run folder (a lock: one process per folder), trains (or resumes, or skips a finished run)
+and evaluates when ``evaluate.benchmarks`` is set. Training and evaluation record their own status in
+result.json. Multirun sweeps (``-m``, or a sweep file in conf/sweep/) go on after a failed job and exit
+non-zero at the end, listing the failed jobs.
 """
 
 from __future__ import annotations
 
 import logging
-import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+import sorsa_repro.training  # noqa: F401  (registers ${run_id:} before Hydra composes)
+from sorsa_repro.layout import CONF_DIR
+
 log = logging.getLogger("sorsa_repro.train")
+LOG_FILE = "train.log"
 
 
-def run_job(cfg: DictConfig) -> Path | None:
-    """Train, then evaluate when ``evaluate.benchmarks`` is set. Errors are written to the run folder."""
+def run_job(cfg: DictConfig) -> dict:
+    """Train, then evaluate; returns ``{"run_dir", "status": "ok" | "failed", "error"}``.
+
+    Outside a multirun every error is raised; in a multirun an Exception is logged and reported (the
+    sweep goes on), while Ctrl-C and SIGTERM end the sweep.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sorsa_repro.results import atomic_write_text, update_result
     from sorsa_repro.training.distributed import is_global_zero, release_process_group
-    from sorsa_repro.training.task import run_training
+    from sorsa_repro.training.task import claim_run_folder, prepare_training, train_in_folder
 
     run_dir = Path(cfg.run_dir)
     try:
-        run_training(cfg)
-        release_process_group()  # multi-GPU training is over; evaluation is one process on one GPU
-        if cfg.evaluate.benchmarks and is_global_zero():
-            from sorsa_repro.evaluation.run import evaluate_after_training
+        prepared = prepare_training(cfg)  # validation and data: nothing is written when they fail
+        with claim_run_folder(run_dir), _log_to(run_dir / LOG_FILE, is_global_zero()):
+            train_in_folder(prepared)
+            release_process_group()  # multi-GPU training is over; evaluation is one process on one GPU
+            if cfg.evaluate.benchmarks and is_global_zero():
+                from sorsa_repro.evaluation.run import evaluate_after_training
 
-            evaluate_after_training(run_dir, cfg)
-        return run_dir
+                evaluate_after_training(run_dir, cfg)
+        return {"run_dir": str(run_dir), "status": "ok", "error": None}
     except Exception as err:
         log.exception("run %s failed", run_dir)
-        if run_dir.exists():
-            atomic_write_text(run_dir / "error.txt", traceback.format_exc())
-            update_result(run_dir, {"train": {"status": "failed", "error": f"{type(err).__name__}: {err}"}})
-        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        if not multirun:
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
             raise
-        return None  # one failed job must not end the sweep
+        return {"run_dir": str(run_dir), "status": "failed", "error": f"{type(err).__name__}: {err}"}
 
 
-@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_job(cfg)
+@contextmanager
+def _log_to(path: Path, enabled: bool = True):
+    """Also write this process's log records into the run folder while the block runs."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def _main(cfg: DictConfig) -> dict:
+    return run_job(cfg)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler's kill, ``kill <pid>``) ends the job as Ctrl-C does: the run folder records
+    ``interrupted`` and the process exits 143. (Lightning's own handler alone would stop at the next batch
+    and exit 0.)"""
+    import signal
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main() -> None:
+    from sorsa_repro import cpu_threads
+
+    cpu_threads.configure()  # before torch is imported: OpenMP reads the settings once
+    exit_on_sigterm()
+    _main()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import matplotlib.style
@@ -24,9 +25,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sorsa_repro.results import atomic_write_text, load_result
+from sorsa_repro.results import UnreadableResultError, atomic_write_text, load_result
 
-_RUN_DIR = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)$")
+_RUN_DIR = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)(?:-[0-9a-f]{8})?$")
 _METHOD_ORDER = ["full", "lora", "pissa", "sorsa"]
 _MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LABELS = {
@@ -55,8 +56,12 @@ def load_spectral(experiment: str, results_dir: str | Path = "results") -> pd.Da
     """All runs' spectral.csv rows with ``run``, ``method``, ``rank``, ``seed`` and ``label`` columns."""
     frames = []
     for csv in sorted(Path(results_dir, experiment).glob("*/spectral.csv")):
-        info = run_info(csv.parent)
-        df = pd.read_csv(csv)
+        try:
+            info = run_info(csv.parent)
+            df = pd.read_csv(csv)
+        except (UnreadableResultError, ValueError, OSError) as err:  # one bad run folder: skip it, say why
+            warnings.warn(f"{csv.parent}: left out of the spectral analysis ({err})", stacklevel=2)
+            continue
         df["run"] = csv.parent.name
         df["method"], df["rank"], df["seed"] = info["method"], info.get("rank"), info["seed"]
         frames.append(df)

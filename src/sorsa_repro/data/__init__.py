@@ -7,6 +7,8 @@ from .sources import (
     ENV_VAR,
     EVAL_BENCHMARKS,
     TRAIN_DATASETS,
+    DataFormatError,
+    check_eval_data,
     data_identity,
     gsm8k_to_metamath,
     last_boxed,
@@ -15,15 +17,6 @@ from .sources import (
     math_to_metamath,
 )
 from .synthetic import GENERATOR_VERSION, make_synthetic
-from .tokenize import (
-    IGNORE_INDEX,
-    TRUNCATION_MODES,
-    PadCollator,
-    combine,
-    encode_example,
-    encode_examples,
-    pad_token_id,
-)
 
 __all__ = [
     "DEFAULT_SYNTHETIC_TEST",
@@ -41,7 +34,9 @@ __all__ = [
     "PromptTooLongError",
     "TRAIN_DATASETS",
     "TRUNCATION_MODES",
+    "DataFormatError",
     "build_prompt",
+    "check_eval_data",
     "combine",
     "data_identity",
     "encode_example",
@@ -56,10 +51,23 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # Lazy: importing lightning takes seconds, and evaluation code only needs the prompt and sources.
-    if name == "MathDataModule":
-        from .datamodule import MathDataModule
+_LAZY = {  # torch and lightning take seconds to import; graders and evaluation need neither
+    "MathDataModule": "datamodule",
+    "IGNORE_INDEX": "tokenize",
+    "LONG_PROMPT_MODES": "tokenize",
+    "PromptTooLongError": "tokenize",
+    "TRUNCATION_MODES": "tokenize",
+    "PadCollator": "tokenize",
+    "combine": "tokenize",
+    "encode_example": "tokenize",
+    "encode_examples": "tokenize",
+    "pad_token_id": "tokenize",
+}
 
-        return MathDataModule
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

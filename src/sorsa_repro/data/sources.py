@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from .answer_format import last_boxed
 from .synthetic import GENERATOR_VERSION, make_synthetic
 
 ENV_VAR = "SORSA_DATA_DIR"
@@ -44,24 +45,6 @@ SOURCES = {
 
 
 # ---------------------------------------------------------------- conversions
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}, or `\\boxed 5`) in `text`, braces matched."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    rest = text[start:].removeprefix("\\boxed").removeprefix("\\fbox")
-    if rest.startswith(" "):  # "\boxed 5": the argument runs to the next "$" or whitespace
-        return re.split(r"[\s$]", rest.lstrip(), maxsplit=1)[0] or None
-    if not rest.startswith("{"):
-        return None
-    depth = 0
-    for i, ch in enumerate(rest):
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        if depth == 0:
-            return rest[1:i]
-    return None  # unbalanced braces
 
 
 def gsm8k_to_metamath(answer: str) -> str:
@@ -114,31 +97,56 @@ def _local_file(root: Path, name: str, split: str) -> Path:
     return path
 
 
-def _read_rows(path: Path, limit: int | None) -> list[dict]:
+class DataFormatError(ValueError):
+    """A data file or row that cannot be used; the message names the file and line (or hub row)."""
+
+
+def _read_rows(path: Path, limit: int | None) -> list[tuple[str, dict]]:
+    """(location "file:line", row) pairs; malformed JSON or a non-object row fails with its location."""
     if path.suffix == ".json":  # MetaMathQA-395K.json is one JSON array
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        return rows[:limit] if limit is not None else rows
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if limit is not None and len(rows) >= limit:
-                break
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataFormatError(
+                f"{path}:{err.lineno}: invalid JSON ({err.msg}, column {err.colno})"
+            ) from None
+        if not isinstance(rows, list):
+            raise DataFormatError(f"{path}: expected a JSON array of rows, found a {type(rows).__name__}")
+        located = [
+            (f"{path} row {i}", row) for i, row in enumerate(rows[:limit] if limit is not None else rows)
+        ]
+    else:
+        located = []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if limit is not None and len(located) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    located.append((f"{path}:{n}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataFormatError(
+                        f"{path}:{n}: invalid JSON ({err.msg}, column {err.colno})"
+                    ) from None
+    for where, row in located:
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{where}: expected a JSON object, found a {type(row).__name__}")
+    return located
 
 
-def _hub_rows(name: str, split: str, limit: int | None, expected: str) -> list[dict]:
+def _hub_rows(name: str, split: str, limit: int | None, expected: str) -> list[tuple[str, dict]]:
     _, hub_id, config, hub_split = SOURCES[(name, split)]
     try:
         import datasets
 
         configs = config if isinstance(config, tuple) else (config,)
-        rows: list[dict] = []
+        rows: list[tuple[str, dict]] = []
         for cfg in configs:
             sub = f"{hub_split}[:{limit}]" if limit is not None and len(configs) == 1 else hub_split
             part = datasets.load_dataset(hub_id, cfg, split=sub)
-            rows += [dict(r, _config=cfg, _index=i) for i, r in enumerate(part)]
+            where = f"{hub_id}{'/' + cfg if cfg else ''} {hub_split} row"
+            rows += [(f"{where} {i}", dict(r, _config=cfg, _index=i)) for i, r in enumerate(part)]
             if limit is not None and len(rows) >= limit:
                 break
     except Exception as e:  # offline, unknown id, gated: one clear message instead of a deep traceback
@@ -148,11 +156,34 @@ def _hub_rows(name: str, split: str, limit: int | None, expected: str) -> list[d
     return rows[:limit] if limit is not None else rows
 
 
-def _rows(name: str, split: str, limit: int | None, data_dir) -> list[dict]:
+def _rows(name: str, split: str, limit: int | None, data_dir) -> list[tuple[str, dict]]:
+    """(location, row) pairs of a dataset split; fails, naming the file, when it holds no rows."""
     root = _data_dir(data_dir)
     if root is not None:
-        return _read_rows(_local_file(root, name, split), limit)
-    return _hub_rows(name, split, limit, expected=f"${ENV_VAR}/{SOURCES[(name, split)][0]}")
+        path = _local_file(root, name, split)
+        rows = _read_rows(path, limit)
+        source = str(path)
+    else:
+        source = f"${ENV_VAR}/{SOURCES[(name, split)][0]}"
+        rows = _hub_rows(name, split, limit, expected=source)
+        source = f"hub dataset {SOURCES[(name, split)][1]}"
+    if not rows:
+        raise DataFormatError(f"{source}: no {name} {split} rows")
+    return rows
+
+
+def _convert(rows: list[tuple[str, dict]], make) -> list[dict]:
+    """``make(i, row)`` for every row; a missing field or a bad value fails with the row's location."""
+    out = []
+    for i, (where, row) in enumerate(rows):
+        try:
+            out.append(make(i, row))
+        except KeyError as err:
+            fields = ", ".join(sorted(k for k in row if not k.startswith("_")))
+            raise DataFormatError(f"{where}: row has no {err} field (fields: {fields})") from None
+        except (ValueError, TypeError, AttributeError) as err:
+            raise DataFormatError(f"{where}: {err}") from None
+    return out
 
 
 def _math_id(row: dict, split: str, i: int) -> str:
@@ -187,23 +218,26 @@ def load_train_examples(
         return make_synthetic("train", DEFAULT_SYNTHETIC_TRAIN if limit is None else limit, seed)
     rows = _rows(name, "train", limit, data_dir)
     if name == "metamathqa":
-        return [
-            {"id": f"metamathqa/{i}", "query": r["query"], "response": r["response"]}
-            for i, r in enumerate(rows)
-        ]
+        return _convert(
+            rows, lambda i, r: {"id": f"metamathqa/{i}", "query": r["query"], "response": r["response"]}
+        )
     if name == "gsm8k":
-        return [
-            {"id": f"gsm8k/train/{i}", "query": r["question"], "response": gsm8k_to_metamath(r["answer"])}
-            for i, r in enumerate(rows)
-        ]
-    return [
-        {
+        return _convert(
+            rows,
+            lambda i, r: {
+                "id": f"gsm8k/train/{i}",
+                "query": r["question"],
+                "response": gsm8k_to_metamath(r["answer"]),
+            },
+        )
+    return _convert(
+        rows,
+        lambda i, r: {
             "id": f"math/{_math_id(r, 'train', i)}",
             "query": r["problem"],
             "response": math_to_metamath(r["solution"]),
-        }
-        for i, r in enumerate(rows)
-    ]
+        },
+    )
 
 
 def load_eval_examples(
@@ -224,21 +258,29 @@ def load_eval_examples(
         ]
     rows = _rows(benchmark, "test", limit, data_dir)
     if benchmark == "gsm8k":
-        return [
-            {"id": f"gsm8k/test/{i}", "query": r["question"], "reference": r["answer"]}
-            for i, r in enumerate(rows)
-        ]
-    out = []
-    for i, r in enumerate(rows):
-        ex = {
+        return _convert(
+            rows, lambda i, r: {"id": f"gsm8k/test/{i}", "query": r["question"], "reference": r["answer"]}
+        )
+
+    def math_example(i: int, r: dict) -> dict:
+        return {
             "id": f"{benchmark}/{_math_id(r, 'test', i)}",
             "query": r["problem"],
             "reference": r["solution"],
+            "answer": r.get("answer") or last_boxed(r["solution"]),
+            "level": r.get("level"),
+            "subject": r.get("subject") or r.get("type"),
         }
-        ex["answer"] = r.get("answer") or last_boxed(r["solution"])
-        ex["level"], ex["subject"] = r.get("level"), r.get("subject") or r.get("type")
-        out.append(ex)
-    return out
+
+    return _convert(rows, math_example)
+
+
+def check_eval_data(benchmark: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Fail now when a benchmark's local file is missing (hub sources are checked when they load)."""
+    _check(benchmark, EVAL_BENCHMARKS, "benchmark")
+    root = _data_dir(data_dir)
+    if benchmark != "synthetic" and root is not None:
+        _local_file(root, benchmark, "test")
 
 
 def _sha256(path: Path) -> str:

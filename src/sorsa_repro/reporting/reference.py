@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-REPO_REFERENCE = Path(__file__).resolve().parents[3] / "paper_tables" / "reference.yaml"
+from sorsa_repro.layout import PAPER_NUMBERS as REPO_REFERENCE
 
 
 def load_reference(path: str | Path | None = None) -> dict:

@@ -57,6 +57,7 @@ class FineTuneModule(L.LightningModule):
         self.sorsa = bool(sorsa_layers(model))
         self.strict_loading = False  # checkpoints hold only the trainable parameters
         self.last_metrics: dict = {"step": 0}
+        self.start_step: int | None = None  # set when a fit starts (None: it had nothing left to train)
         self._reset_window()
 
     # ---- training ----
@@ -255,6 +256,7 @@ class FineTuneModule(L.LightningModule):
                 writer.writeheader()
                 writer.writerows(rows)
         self.last_metrics = {"step": self.global_step}
+        self.start_step = self.global_step  # > 0: this fit continues from a checkpoint
 
     # ---- checkpoints: trainable parameters only (the frozen rest is rebuilt from the base model) ----
     def on_save_checkpoint(self, checkpoint):

@@ -1,93 +1,55 @@
-"""One training run: validate the config, train (or resume), write the run folder."""
+"""One training run: validate and load the data (no writes), then, in the claimed run folder, train (or
+resume, or skip a finished run) and export.
+
+``run_training(cfg)`` does both; ``train.py`` splits them so that the evaluation after training runs under
+the same run-folder lock.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import csv
 import logging
 import math
 import os
-import resource
 import shutil
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sorsa_repro.methods import (
-    MethodConfig,
-    apply_method,
-    count_parameters,
-    merge_model,
-    save_adapter,
-    validate,
-)
+from sorsa_repro.methods import MethodConfig, apply_method, count_parameters, merge_model, save_adapter
 from sorsa_repro.methods.config import TRAINING_KEYS
 from sorsa_repro.provenance import provenance
-from sorsa_repro.results import atomic_write_text, load_result, update_result
-from sorsa_repro.training.distributed import build_strategy, fsdp_root, whole_model
+from sorsa_repro.results import (
+    atomic_dir,
+    atomic_write_text,
+    load_result,
+    remove_temp_files,
+    run_folder_lock,
+    stage,
+    update_result,
+)
+from sorsa_repro.training.distributed import build_strategy, fsdp_root, is_global_zero, whole_model
+from sorsa_repro.training.identity import config_hash
+from sorsa_repro.training.resources import peak_memory_mb, reset_peak_memory
+from sorsa_repro.training.validate import PRECISIONS, RunFolderConflictError, data_seed, validate_config
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {  # train.precision -> (dtype the model is loaded in, Lightning precision)
-    "fp32": ("float32", "32-true"),
-    "bf16-mixed": ("float32", "bf16-mixed"),
-    # bf16 weights and compute; Lightning must not cast the fp32 adapters, so it runs "32-true"
-    "bf16-true": ("bfloat16", "32-true"),
-}
-# config parts that do not change what is trained (left out of the config hash)
-NON_IDENTITY = {
-    "train": {"checkpoint_every", "save_adapter", "export_merged", "spectral_every"},
-    "trainer": {"num_workers"},
-}
 CHECKPOINT = "checkpoints/last.ckpt"
-
-
-def method_config(cfg: DictConfig) -> MethodConfig:
-    return MethodConfig.from_mapping(OmegaConf.to_container(cfg.method, resolve=True))
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Hash of everything that defines the trained model (not paths, loggers or evaluation)."""
-    ident = {
-        k: OmegaConf.to_container(cfg[k], resolve=True)
-        for k in ("model", "method", "data", "train", "trainer")
-    }
-    for section, keys in NON_IDENTITY.items():
-        ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
-    ident["seed"] = cfg.seed
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def validate_config(cfg: DictConfig) -> MethodConfig:
-    """Everything that can be checked without loading the model; raises ValueError saying what to change."""
-    method = method_config(cfg)
-    if cfg.train.precision not in PRECISIONS:
-        raise ValueError(f"train.precision={cfg.train.precision!r}; use one of {list(PRECISIONS)}")
-    from sorsa_repro.training.module import ORTHO_MODES
-
-    if method.name == "sorsa" and cfg.method.get("ortho_mode", "reference") not in ORTHO_MODES:
-        raise ValueError(f"method.ortho_mode={cfg.method.ortho_mode!r}; use one of {ORTHO_MODES}")
-    for key in ("batch_size", "accumulate", "epochs"):
-        if cfg.train[key] < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {cfg.train[key]}")
-    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
-        raise ValueError(f"train.max_steps must be >= 1 or null, got {cfg.train.max_steps}")
-    if float(cfg.method.lr) <= 0 or cfg.train.lr_multiplier <= 0:
-        raise ValueError("method.lr and train.lr_multiplier must be > 0")
-    build_strategy(cfg)  # a strategy the config cannot run with fails here
-    # shapes only: rank against every target matrix, before any weight is loaded
-    from transformers import AutoModelForCausalLM
-
-    from sorsa_repro.models import load_config
-
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(load_config(cfg.model.name))
-    validate(meta, method)
-    return method
+# what a run writes into its folder; removed only when overwrite=true replaces another config's run
+RUN_OUTPUTS = (
+    "checkpoints",
+    "adapter",
+    "merged",
+    "predictions",
+    "metrics.csv",
+    "spectral.csv",
+    "result.json",
+)
 
 
 def optimizer_steps(num_examples: int, batch_size: int, accumulate: int, world: int, epochs: int) -> int:
@@ -102,43 +64,25 @@ def world_size(cfg: DictConfig) -> int:
     return (devices if isinstance(devices, int) else 1) * int(cfg.trainer.get("num_nodes", 1))
 
 
-def run_training(cfg: DictConfig) -> Path:
-    """Train the configured run into ``cfg.run_dir`` (resuming or skipping as the folder allows)."""
-    import lightning as L
+@dataclass
+class PreparedRun:
+    """A validated config with its data loaded and encoded: all that can fail before the folder is touched."""
 
+    cfg: DictConfig
+    method: MethodConfig
+    run_dir: Path
+    digest: str
+    tokenizer: object
+    data: object  # MathDataModule
+    total_steps: int
+
+
+def prepare_training(cfg: DictConfig) -> PreparedRun:
+    """Validate ``cfg`` and load + encode the training data; writes nothing."""
     from sorsa_repro.data import MathDataModule
-    from sorsa_repro.models import load_base_model, load_tokenizer
-    from sorsa_repro.training.module import FineTuneModule
+    from sorsa_repro.models import load_tokenizer
 
     method = validate_config(cfg)
-    run_dir = Path(cfg.run_dir)
-    digest = config_hash(cfg)
-    previous = load_result(run_dir)
-    if previous.get("config_hash") not in (None, digest):
-        log.warning("config of %s changed since its last run: training it again from scratch", run_dir)
-        for stale in (
-            "checkpoints",
-            "adapter",
-            "merged",
-            "predictions",
-            "metrics.csv",
-            "spectral.csv",
-            "result.json",
-        ):
-            path = run_dir / stale
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    elif previous.get("train", {}).get("status") == "finished":
-        log.info("%s already finished training (config %s): not training again", run_dir, digest)
-        return run_dir
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(_without_hydra(cfg), resolve=True))
-    L.seed_everything(cfg.seed, workers=True)
-    model_dtype, precision = PRECISIONS[cfg.train.precision]
-    if cfg.trainer.accelerator == "gpu" and cfg.trainer.get("tf32", False):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
     tokenizer = load_tokenizer(cfg.model.name)
     data = MathDataModule(
         tokenizer,
@@ -148,17 +92,73 @@ def run_training(cfg: DictConfig) -> Path:
         truncation=cfg.data.truncation,
         long_prompts=cfg.data.get("long_prompts", "error"),
         seed=cfg.seed,
-        data_seed=cfg.data.get("data_seed"),
+        data_seed=data_seed(cfg),
         batch_size=cfg.train.batch_size,
         num_workers=cfg.trainer.num_workers,
         data_dir=cfg.data.get("data_dir"),
     )
-    num_examples = data.num_train_examples  # loads and encodes: data errors surface before the model loads
-    world = world_size(cfg)
+    num_examples = data.num_train_examples  # loads and encodes: too-long prompts fail here
+    if num_examples == 0:
+        raise ValueError(f"no training examples left after encoding {cfg.data.name} (long_prompts=drop?)")
     total_steps = cfg.train.max_steps or optimizer_steps(
-        num_examples, cfg.train.batch_size, cfg.train.accumulate, world, cfg.train.epochs
+        num_examples, cfg.train.batch_size, cfg.train.accumulate, world_size(cfg), cfg.train.epochs
     )
+    return PreparedRun(cfg, method, Path(cfg.run_dir), config_hash(cfg), tokenizer, data, total_steps)
 
+
+def run_training(cfg: DictConfig) -> Path:
+    """Train the configured run into ``cfg.run_dir`` (resuming or skipping as the folder allows)."""
+    prepared = prepare_training(cfg)
+    with claim_run_folder(prepared.run_dir):
+        return train_in_folder(prepared)
+
+
+def claim_run_folder(run_dir: Path):
+    """The run folder's lock, taken by global rank 0 only (other ranks work in rank 0's folder)."""
+    from contextlib import nullcontext
+
+    return run_folder_lock(run_dir) if is_global_zero() else nullcontext(run_dir)
+
+
+def train_in_folder(run: PreparedRun) -> Path:
+    """Train in the claimed folder; a finished run of the same config is left as it is."""
+    cfg, run_dir = run.cfg, run.run_dir
+    previous = load_result(run_dir)
+    if previous.get("config_hash") not in (None, run.digest):
+        if not cfg.get("overwrite", False):  # checked before; the folder may have changed since
+            raise RunFolderConflictError(f"run folder {run_dir} now holds another config's run")
+        if is_global_zero():
+            log.warning("overwrite=true: replacing the run of another config in %s", run_dir)
+            for name in RUN_OUTPUTS:
+                path = run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        previous = {}
+    elif previous.get("train", {}).get("status") == "finished":
+        log.info("%s already finished training (config %s): not training again", run_dir, run.digest)
+        return run_dir
+    if is_global_zero():
+        remove_temp_files(run_dir)  # a killed export's half-written folder
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(_without_hydra(cfg), resolve=True))
+        update_result(run_dir, {"config_hash": run.digest, "run": _run_block(cfg)})
+    with stage(run_dir, "train", enabled=is_global_zero()):
+        _fit_and_export(run, previous.get("train", {}))
+    return run_dir
+
+
+def _fit_and_export(run: PreparedRun, before: dict) -> None:
+    import lightning as L
+
+    from sorsa_repro.models import load_base_model
+    from sorsa_repro.training.module import FineTuneModule
+
+    cfg, run_dir, method = run.cfg, run.run_dir, run.method
+    L.seed_everything(cfg.seed, workers=True)
+    model_dtype, precision = PRECISIONS[cfg.train.precision]
+    if cfg.trainer.accelerator == "gpu" and cfg.trainer.get("tf32", False):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    memory_scope = reset_peak_memory()
     started = time.perf_counter()
     model, _ = load_base_model(cfg.model.name, dtype=model_dtype, seed=cfg.seed)
     model = apply_method(model, method)
@@ -178,7 +178,7 @@ def run_training(cfg: DictConfig) -> Path:
     module = FineTuneModule(
         model,
         lr=lr,
-        total_steps=total_steps,
+        total_steps=run.total_steps,
         accumulate=cfg.train.accumulate,
         gamma=float(cfg.method.get("gamma", 0.0) or 0.0),
         ortho_mode=cfg.method.get("ortho_mode", "reference"),
@@ -187,27 +187,25 @@ def run_training(cfg: DictConfig) -> Path:
         grad_clip=cfg.train.grad_clip,
         metrics_path=run_dir / "metrics.csv",
     )
-    update_result(
-        run_dir,
-        {
-            "run": _run_block(cfg),
-            "config_hash": digest,
-            "train": {
-                "status": "running",
-                "total_steps": total_steps,
-                "trainable_params": trainable,
-                "total_params": total,
-                "init_time_s": round(init_s, 2),
+    if is_global_zero():
+        update_result(
+            run_dir,
+            {
+                "train": {
+                    "total_steps": run.total_steps,
+                    "trainable_params": trainable,
+                    "total_params": total,
+                    "init_time_s": round(init_s, 2),
+                },
+                "protocol": {"train": _protocol(cfg, run.data, run.total_steps, world_size(cfg))},
+                "provenance": {
+                    **provenance(),
+                    "command": " ".join(["python -m sorsa_repro.train", *sys.argv[1:]]),
+                    "model": _model_identity(cfg, model_dtype),
+                    "data": run.data.identity(),
+                },
             },
-            "protocol": {"train": _protocol(cfg, data, total_steps, world)},
-            "provenance": {
-                **provenance(),
-                "command": " ".join(["python -m sorsa_repro.train", *sys.argv[1:]]),
-                "model": _model_identity(cfg, model_dtype),
-                "data": data.identity(),
-            },
-        },
-    )
+        )
 
     loggers = _loggers(cfg, run_dir, trainable, total)
     trainer = L.Trainer(
@@ -216,7 +214,7 @@ def run_training(cfg: DictConfig) -> Path:
         strategy=build_strategy(cfg),
         num_nodes=cfg.trainer.get("num_nodes", 1),
         precision=precision,
-        max_steps=total_steps,
+        max_steps=run.total_steps,
         max_epochs=-1,
         accumulate_grad_batches=cfg.train.accumulate,
         callbacks=_callbacks(cfg, run_dir),
@@ -230,50 +228,75 @@ def run_training(cfg: DictConfig) -> Path:
     )
     ckpt = run_dir / CHECKPOINT
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        trainer.fit(module, datamodule=run.data, ckpt_path=str(ckpt) if ckpt.exists() else None)
     finally:
         for lg in loggers:
             lg.finalize("success")
     fit_s = time.perf_counter() - started
-    if trainer.global_step < total_steps:
-        raise RuntimeError(f"training stopped at step {trainer.global_step} of {total_steps}")
-    trainer.save_checkpoint(ckpt)
+    if trainer.global_step < run.total_steps:
+        raise RuntimeError(f"training stopped at step {trainer.global_step} of {run.total_steps}")
+    trainer.save_checkpoint(ckpt)  # a kill during the export below resumes here, with nothing to train
+    attempt = {
+        "start_step": trainer.global_step if module.start_step is None else module.start_step,
+        "end_step": trainer.global_step,
+        "init_time_s": round(init_s, 2),
+        "fit_time_s": round(fit_s, 2),
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    if trainer.is_global_zero:
+        update_result(run_dir, {"train": _fit_statistics(run_dir, before, attempt, memory_scope)})
     with whole_model(model, fsdp_root(trainer)):  # under FSDP: all ranks gather, rank 0 writes
         if trainer.is_global_zero:
-            _export(model, tokenizer, cfg, run_dir, method)
+            _export(model, run.tokenizer, cfg, run_dir, method)
     if trainer.is_global_zero:
+        attempts = load_result(run_dir)["train"]["attempts"]
+        attempts[-1]["wall_time_s"] = round(time.perf_counter() - started, 2)
         update_result(
             run_dir,
             {
                 "train": {
-                    "status": "finished",
-                    "steps": trainer.global_step,
-                    "final_loss": module.last_metrics.get("loss"),
-                    "wall_time_s": round(time.perf_counter() - started, 2),
-                    "fit_time_s": round(fit_s, 2),
-                    "peak_memory_mb": _peak_memory_mb(),
-                    "resumed": ckpt.exists() and previous.get("train") is not None,
+                    "attempts": attempts,
+                    "wall_time_s": round(sum(a["wall_time_s"] for a in attempts), 2),
                 }
             },
         )
-    return run_dir
+
+
+def _fit_statistics(run_dir: Path, before: dict, attempt: dict, memory_scope: str) -> dict:
+    """The train block after a fit: this attempt appended; steps and loss from metrics.csv, so an attempt
+    that had nothing left to train (a kill during the export) keeps the statistics of the one that trained."""
+    attempts = [*before.get("attempts", []), {**attempt, "wall_time_s": attempt["fit_time_s"]}]
+    rows = _metric_rows(run_dir / "metrics.csv")
+    last = rows[-1] if rows else {}
+    return {
+        "steps": attempt["end_step"],
+        "final_loss": float(last["loss"]) if last.get("loss") not in (None, "") else None,
+        "attempts": attempts,
+        # continued from a checkpoint: an attempt that started after step 0 and trained
+        "resumed": any(0 < a["start_step"] < a["end_step"] for a in attempts),
+        "fit_time_s": round(sum(a["fit_time_s"] for a in attempts), 2),
+        "wall_time_s": round(sum(a["wall_time_s"] for a in attempts), 2),
+        "peak_memory_mb": max(a["peak_memory_mb"] for a in attempts),
+        "peak_memory_scope": memory_scope,
+    }
+
+
+def _metric_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
     if cfg.train.save_adapter and method.name != "full":
-        save_adapter(model, _fresh(run_dir / "adapter"), base_model=cfg.model.name)
+        with atomic_dir(run_dir / "adapter") as tmp:
+            save_adapter(model, tmp, base_model=cfg.model.name)
     if cfg.train.export_merged:
         merged = merge_model(model)
-        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".merged."))
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(run_dir / "merged", ignore_errors=True)
-        os.replace(tmp, run_dir / "merged")
-
-
-def _fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    return path
+        with atomic_dir(run_dir / "merged") as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
 
 def _run_block(cfg: DictConfig) -> dict:
@@ -348,7 +371,7 @@ def _loggers(cfg: DictConfig, run_dir: Path, trainable: int, total: int) -> list
         entity=cfg.logger.get("entity"),
         group=cfg.experiment_name,
         name=run_dir.name,
-        id=f"{cfg.experiment_name}-{run_dir.name}-{config_hash(cfg)[:8]}",
+        id=f"{cfg.experiment_name}-{run_dir.name}",  # the folder name ends with the config hash
         resume="allow",
         tags=[cfg.method.name, f"r{cfg.method.rank}", f"seed{cfg.seed}"],
         save_dir=str(run_dir),
@@ -361,14 +384,17 @@ def _loggers(cfg: DictConfig, run_dir: Path, trainable: int, total: int) -> list
     return [logger]
 
 
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-
-
 def _without_hydra(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
 
 
-__all__ = ["TRAINING_KEYS", "config_hash", "optimizer_steps", "run_training", "validate_config"]
+__all__ = [
+    "TRAINING_KEYS",
+    "PreparedRun",
+    "config_hash",
+    "optimizer_steps",
+    "prepare_training",
+    "run_training",
+    "train_in_folder",
+    "validate_config",
+]

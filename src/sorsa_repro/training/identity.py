@@ -1,0 +1,38 @@
+"""What makes two training runs the same run: the config hash, also the last part of the folder name.
+
+``results/<experiment>/<method>[<variant>]-r<rank>-s<seed>-<hash>/``: configs that differ in anything that
+changes the trained model (lr, data, model, budget, precision, ...) get different folders, so no run ever
+overwrites another. The hash leaves out paths, loggers, evaluation and settings that do not change what is
+trained (``NON_IDENTITY``). ``${run_id:}`` in conf/train.yaml resolves to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+IDENTITY_SECTIONS = ("model", "method", "data", "train", "trainer")
+# config parts that do not change what is trained
+NON_IDENTITY = {
+    "train": {"checkpoint_every", "save_adapter", "export_merged", "spectral_every"},
+    "trainer": {"num_workers"},
+}
+HASH_CHARS = 8  # in folder names; result.json keeps 16
+
+
+def config_hash(cfg: DictConfig, chars: int = 16) -> str:
+    """Hash of everything that defines the trained model (not paths, loggers or evaluation)."""
+    ident = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in IDENTITY_SECTIONS}
+    for section, keys in NON_IDENTITY.items():
+        ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
+    ident["seed"] = cfg.seed
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:chars]
+
+
+def _run_id(*, _root_: DictConfig) -> str:
+    return config_hash(_root_, HASH_CHARS)
+
+
+OmegaConf.register_new_resolver("run_id", _run_id, replace=True)

@@ -1,0 +1,124 @@
+"""Everything about a training config that can be checked before a run folder is touched or a model loads.
+
+``validate_config(cfg)`` raises ``ValueError`` (or ``FileNotFoundError``, ``DataFormatError``) saying what to
+change; it writes nothing. Training, the sweep pre-flight check and ``make replicate-sorsa`` call it first.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sorsa_repro.methods import MethodConfig, validate
+from sorsa_repro.results import load_result
+from sorsa_repro.training.distributed import build_strategy
+from sorsa_repro.training.identity import config_hash
+
+PRECISIONS = {  # train.precision -> (dtype the model is loaded in, Lightning precision)
+    "fp32": ("float32", "32-true"),
+    "bf16-mixed": ("float32", "bf16-mixed"),
+    # bf16 weights and compute; Lightning must not cast the fp32 adapters, so it runs "32-true"
+    "bf16-true": ("bfloat16", "32-true"),
+}
+
+
+def method_config(cfg: DictConfig) -> MethodConfig:
+    return MethodConfig.from_mapping(OmegaConf.to_container(cfg.method, resolve=True))
+
+
+def validate_config(cfg: DictConfig) -> MethodConfig:
+    """Check the method, budget, model shapes, training data, evaluation options and the run folder."""
+    method = method_config(cfg)
+    _check_training(cfg, method)
+    build_strategy(cfg)  # a strategy the config cannot run with fails here
+    _check_model(cfg, method)
+    check_train_data(cfg.data.name, cfg.data.limit, cfg.data.get("data_dir"), data_seed(cfg))
+    check_evaluation(cfg)
+    check_run_folder(cfg)
+    return method
+
+
+def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
+    if cfg.train.precision not in PRECISIONS:
+        raise ValueError(f"train.precision={cfg.train.precision!r}; use one of {list(PRECISIONS)}")
+    from sorsa_repro.training.module import ORTHO_MODES
+
+    if method.name == "sorsa" and cfg.method.get("ortho_mode", "reference") not in ORTHO_MODES:
+        raise ValueError(f"method.ortho_mode={cfg.method.ortho_mode!r}; use one of {ORTHO_MODES}")
+    for key in ("batch_size", "accumulate", "epochs"):
+        if cfg.train[key] < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {cfg.train[key]}")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
+        raise ValueError(f"train.max_steps must be >= 1 or null, got {cfg.train.max_steps}")
+    if float(cfg.method.lr) <= 0 or cfg.train.lr_multiplier <= 0:
+        raise ValueError(
+            f"method.lr and train.lr_multiplier must be > 0, got {cfg.method.lr} and {cfg.train.lr_multiplier}"
+        )
+    if float(cfg.method.get("gamma", 0.0) or 0.0) < 0:
+        raise ValueError(f"method.gamma must be >= 0, got {cfg.method.gamma}")
+
+
+def _check_model(cfg: DictConfig, method: MethodConfig) -> None:
+    """Shapes only: the rank against every target matrix, on the meta device, before any weight loads."""
+    from transformers import AutoModelForCausalLM
+
+    from sorsa_repro.models import load_config
+
+    config = load_config(cfg.model.name)  # outside the meta context: it may build the offline model once
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    validate(meta, method)
+
+
+def data_seed(cfg: DictConfig) -> int:
+    seed = cfg.data.get("data_seed")
+    return cfg.seed if seed is None else seed
+
+
+def check_train_data(name: str, limit, data_dir, seed: int) -> int:
+    """Load the training rows (once per distinct data config and process): missing files, malformed lines
+    (file:line) and empty sets fail here. Returns the number of examples."""
+    from sorsa_repro.data import ENV_VAR
+
+    return _count_train_examples(name, limit, data_dir or os.environ.get(ENV_VAR) or None, seed)
+
+
+@cache
+def _count_train_examples(name: str, limit, data_dir, seed: int) -> int:
+    from sorsa_repro.data import load_train_examples
+
+    return len(load_train_examples(name, limit, data_dir, seed=seed))
+
+
+def check_evaluation(cfg: DictConfig) -> None:
+    """The ``evaluate`` section as the evaluation after training will read it, and its data files."""
+    if not cfg.evaluate.benchmarks:
+        return
+    from sorsa_repro.data import check_eval_data
+    from sorsa_repro.evaluation.backends import resolve_backend
+    from sorsa_repro.evaluation.run import eval_config_for_training
+
+    eval_cfg = eval_config_for_training(cfg.run_dir, cfg)
+    resolve_backend(eval_cfg.backend)
+    for benchmark in eval_cfg.benchmarks:
+        check_eval_data(benchmark, eval_cfg.data_dir)
+
+
+class RunFolderConflictError(ValueError):
+    """The run folder holds another config's run, and ``overwrite`` is not set."""
+
+
+def check_run_folder(cfg: DictConfig) -> None:
+    """An existing run folder must hold this config's run (or ``overwrite=true``); its result.json readable."""
+    run_dir = Path(cfg.run_dir)
+    previous = load_result(run_dir)  # UnreadableResultError names the file
+    stored = previous.get("config_hash")  # None: nothing recorded yet (a run writes it first)
+    if stored not in (None, config_hash(cfg)) and not cfg.get("overwrite", False):
+        raise RunFolderConflictError(
+            f"run folder {run_dir} holds a run of another config (hash {stored}, this one {config_hash(cfg)}); "
+            "nothing was changed. Choose another results_dir/run_dir, or pass overwrite=true to replace it."
+        )
