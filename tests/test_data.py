@@ -189,6 +189,41 @@ def test_prompt_longer_than_max_length_is_a_clear_error(tokenizer):
         combine([1], [2], max_length=10, truncation="both")
 
 
+def test_long_prompts_are_kept_as_the_references_keep_them(tokenizer):
+    joint = combine(list(range(12)), [1, 2], max_length=10, truncation="joint", long_prompts="keep")
+    assert joint["input_ids"] == list(range(10)) and joint["labels"] == [IGNORE_INDEX] * 10  # PiSSA: no loss
+    separate = combine(list(range(12)), [1, 2], max_length=10, truncation="separate", long_prompts="keep")
+    assert separate["input_ids"] == list(range(10)) + [1, 2]  # SORSA: the prompt's end is cut off
+    assert separate["labels"] == [IGNORE_INDEX] * 10 + [1, 2]
+    exs = [{"id": "long", "query": "a long question " * 50, "response": "ok"}]
+    (kept,) = encode_examples(tokenizer, exs, max_length=64, long_prompts="keep")
+    assert len(kept["input_ids"]) == 64 and set(kept["labels"]) == {IGNORE_INDEX}
+
+
+def test_the_two_tokenizations_and_their_references(tokenizer):
+    from sorsa_repro.data.tokenize import check_modes
+
+    exs = [
+        {
+            "id": "a",
+            "query": "Tom has 3 apples and buys 4 more. How many?",
+            "response": "3 + 4 = 7\nThe answer is: 7",
+        }
+    ]
+    (together,) = encode_examples(tokenizer, exs, max_length=512, tokenization="concatenated")
+    (apart,) = encode_examples(tokenizer, exs, max_length=512, tokenization="separate")
+    # PiSSA: the joined string's tokens, masked for the prompt's own length
+    joined = tokenizer(build_prompt(exs[0]["query"]) + exs[0]["response"]).input_ids + [
+        tokenizer.eos_token_id
+    ]
+    assert together["input_ids"] == joined
+    n = len(tokenizer(build_prompt(exs[0]["query"])).input_ids)
+    assert together["labels"] == [IGNORE_INDEX] * n + joined[n:]
+    assert apart["input_ids"] == together["input_ids"]  # SmolLM2's BPE: the same tokens at the boundary
+    with pytest.raises(ValueError, match="use truncation=joint"):
+        check_modes("concatenated", "separate")
+
+
 # ---------------------------------------------------------------- sources
 
 

@@ -69,7 +69,7 @@ class FakeBackend:
     def __init__(self, answer):
         self.answer, self.calls = answer, []
 
-    def generate(self, prompts, max_new_tokens):
+    def generate(self, prompts, max_new_tokens, stop=()):
         self.calls.append(list(prompts))
         return [Completion(self.answer(p), 5, "stop") for p in prompts]
 
@@ -100,8 +100,7 @@ def test_eval_yaml_matches_evalconfig():
     defaults = EvalConfig(run="x")
     assert set(values) == {f for f in vars(defaults)}
     for key, value in values.items():
-        expected = DEFAULT_MAX_NEW_TOKENS if key == "max_new_tokens" else getattr(defaults, key)
-        assert value == expected, key
+        assert value == getattr(defaults, key), key
 
 
 def test_hydra_overrides_round_trip():
@@ -337,6 +336,44 @@ def test_merged_sorsa_generates_like_unmerged(offline, single_torch_thread):
     assert [c.text for c in merged_out] == [c.text for c in unmerged_out]
     assert [c.n_tokens for c in merged_out] == [c.n_tokens for c in unmerged_out]
     assert [c.text for c in merged_out] != [c.text for c in base_out]  # the perturbation did change the model
+
+
+@pytest.mark.slow
+def test_stop_strings_cut_generation_where_the_reference_scripts_cut(offline, single_torch_thread):
+    from sorsa_repro.evaluation.backends import cut_at_stop
+    from sorsa_repro.evaluation.tasks import generation_protocol
+
+    model, tokenizer = offline
+    prompts = [build_prompt(q, for_eval=True) for q, _ in GSM8K_ROWS]
+    backend = HFBackend(model, tokenizer, batch_size=4)
+    free = backend.generate(prompts, 48)
+    # a stop string the untrained model does write: the first word of its longest completion
+    word = max(free, key=lambda c: len(c.text)).text.split()[1]
+    stopped = backend.generate(prompts, 48, stop=(word,))
+    for f, c in zip(free, stopped, strict=True):
+        cut = cut_at_stop(f.text, (word,))
+        assert c.text == (f.text if cut is None else cut) and word not in c.text
+        assert c.n_tokens <= f.n_tokens and (cut is None or c.finish_reason == "stop")
+    assert any(cut_at_stop(f.text, (word,)) is not None for f in free)
+    assert generation_protocol("metamath-v1").stop[-1] == "Response"  # eval_gsm8k.py:89
+    assert generation_protocol("metamath-v1").max_new_tokens["gsm8k"] == 512  # eval_gsm8k.py:90
+
+
+def test_generation_protocol_is_recorded_and_never_mixed(tmp_path, fake):
+    fake.answer = lambda p: "The answer is: 1"
+    calls = []
+    fake.generate = lambda prompts, max_new_tokens, stop=(): (
+        calls.append((max_new_tokens, stop)) or [Completion("The answer is: 1", 5, "stop") for _ in prompts]
+    )
+    cfg = {"model": OFFLINE_MODEL, "benchmarks": ["synthetic"], "out_dir": str(tmp_path), "limit": 2}
+    evaluate(cfg)
+    assert calls == [(256, ())]  # sorsa-v1: no stop strings
+    evaluate({**cfg, "generation": "metamath-v1"})  # other stop strings: the rows are generated again
+    assert calls[1][1][:2] == ("Question:", "Question") and len(calls) == 2
+    entry = json.loads((tmp_path / "result.json").read_text())["eval"]["synthetic"]
+    assert entry["generation_protocol"] == "metamath-v1" and entry["stop"][-1] == "Response"
+    with pytest.raises(ValueError, match="unknown generation protocol"):
+        evaluate({**cfg, "generation": "nosuch"})
 
 
 @pytest.mark.slow

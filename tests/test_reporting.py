@@ -22,6 +22,7 @@ from sorsa_repro.results import atomic_write_json, atomic_write_text
 
 # the notes (missing seeds, failed runs) are warnings too; the tests that care assert them with pytest.warns
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = {"train": {"model": "tiny-llama", "data": "synthetic", "n_train_examples": 64, "max_length": 128}}
 
 
@@ -214,18 +215,51 @@ def test_markdown_and_latex_match_expected_text(tmp_path):
     )
 
 
+PAPER_PROTOCOL = {"train": {"model": "meta-llama/Llama-2-7b-hf", "data": "metamathqa", "examples": 100000}}
+
+
 def test_paper_numbers_only_for_the_paper_experiment(tmp_path):
+    scores = {"gsm8k": {"metamath": 0.55}, "math": {"metamath": 0.1}}
+    full = {"n": 1319, "limit": None}  # the whole GSM8K test set; MATH below on 20 problems only
     for seed, acc in enumerate([0.55, 0.57]):
-        make_run(tmp_path, "sorsa", 128, seed, {"gsm8k": {"metamath": acc}}, experiment="paper_llama2_7b")
-    make_run(tmp_path, "sorsa", 64, 0, {"gsm8k": {"metamath": 0.5}}, experiment="paper_llama2_7b")
+        make_run(tmp_path, "sorsa", 128, seed, {"gsm8k": {"metamath": acc}, "math": scores["math"]},
+                 experiment="paper_llama2_7b", protocol=PAPER_PROTOCOL, eval_extra=full)  # fmt: skip
+    make_run(
+        tmp_path,
+        "sorsa",
+        64,
+        0,
+        scores,
+        experiment="paper_llama2_7b",
+        protocol=PAPER_PROTOCOL,
+        eval_extra=full,
+    )
     reference = load_reference()
-    table = accuracy_table(load_experiment(tmp_path, "paper_llama2_7b"), "strict", reference)
-    assert table.header[-2:] == ["GSM8K paper", "Δ GSM8K"]
+    summary = load_experiment(tmp_path, "paper_llama2_7b")
+    for run in summary.runs:  # MATH on a subset: not the paper's setting
+        run.result["eval"]["math"]["n"] = 20
+    table = accuracy_table(summary, "strict", reference)
+    paper = table.header.index("GSM8K paper")
+    assert table.header[paper + 1] == "Δ GSM8K" and "MATH paper" not in table.header
     r64, r128 = table.rows  # sorted by rank
-    assert (r128[1], r128[-2], r128[-1].value) == (128, 56.03, pytest.approx(56.00 - 56.03))
-    assert (r64[1], r64[-2], r64[-1]) == (64, None, None)  # the paper's rank is 128: no number for r=64
+    assert (r128[1], r128[paper], r128[paper + 1].value) == (128, 56.03, pytest.approx(56.00 - 56.03))
+    assert (r64[1], r64[paper], r64[paper + 1]) == (
+        64,
+        None,
+        None,
+    )  # the paper's rank is 128: no number at 64
     assert "| SORSA  | 128 |" in to_markdown(table) and "$-0.03$" in to_latex(table)
     assert "Full FT, LoRA, PiSSA" in table.notes[0] and "PiSSA paper's numbers" in table.caption
+    assert "MATH: 20 of 5000 problems" in table.caption
+
+
+def test_paper_difference_needs_the_papers_training_setting(tmp_path):
+    small = {"train": {**PAPER_PROTOCOL["train"], "examples": 1000}}
+    make_run(tmp_path, "sorsa", 128, 0, {"gsm8k": {"metamath": 0.5}}, experiment="paper_llama2_7b",
+             protocol=small, eval_extra={"n": 1319, "limit": None})  # fmt: skip
+    table = accuracy_table(load_experiment(tmp_path, "paper_llama2_7b"), "strict", load_reference())
+    assert "GSM8K paper" not in table.header
+    assert "GSM8K: examples 1000 (paper 100000)" in table.caption
 
 
 def test_seed_curves_mean_and_min_max_band(tmp_path):
@@ -383,3 +417,15 @@ def test_verdict_command_writes_the_readme_section(tmp_path, capsys):
     readme = (tmp_path / "out" / "exp" / "README.md").read_text()
     assert "## Reproducibility against the committed reference" in readme and "**REPRODUCED**" in readme
     assert "**REPRODUCED**" in capsys.readouterr().out
+
+
+def test_protocol_table_cites_the_references_and_is_current():
+    from sorsa_repro.reporting.protocol_table import composed_configs, document, protocol_table
+
+    table = protocol_table(composed_configs("paper_llama2_7b"))
+    assert "coefficient 0.208333 after clipping" in table and "sorsa-v1: 0 stop strings" in table
+    assert "trainer.py:2625-2674" in table and "eval_gsm8k.py:89-90" in table
+    committed = ROOT / "paper_tables" / "paper_llama2_7b" / "protocol.md"
+    assert committed.read_text() == document("paper_llama2_7b"), (
+        "regenerate with the command in its first line"
+    )

@@ -17,6 +17,7 @@ from sorsa_repro.methods import apply_method
 from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.module import FineTuneModule
+from sorsa_repro.training.ortho import reference_coefficient
 from sorsa_repro.training.task import optimizer_steps, run_training
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -68,14 +69,23 @@ def test_paper_config_is_the_papers_protocol(method, lr):
     cfg = compose_train("experiment=paper_llama2_7b", f"method={method}")
     assert cfg.model.name == "meta-llama/Llama-2-7b-hf"
     assert (cfg.data.name, cfg.data.limit, cfg.data.max_length) == ("metamathqa", 100000, 512)
+    assert (cfg.data.tokenization, cfg.data.truncation, cfg.data.long_prompts) == (
+        "concatenated",
+        "joint",
+        "keep",
+    )
     assert cfg.train.batch_size * cfg.train.accumulate == 128 and cfg.train.epochs == 1
-    assert optimizer_steps(100000, cfg.train.batch_size, cfg.train.accumulate, 1, cfg.train.epochs) == 782
+    # the reference Trainer floors 100000 / 128 and drops the last partial window
+    assert optimizer_steps(100000, cfg.train.batch_size, cfg.train.accumulate, 1, cfg.train.epochs) == 781
     assert (cfg.train.weight_decay, cfg.train.grad_clip, cfg.train.warmup_ratio) == (0.0, 1.0, 0.03)
-    assert cfg.train.precision == "bf16-true" and cfg.trainer.tf32
+    assert cfg.train.precision == "reference" and cfg.trainer.tf32
     assert cfg.method.lr == lr and cfg.train.lr_multiplier == 1.0
+    assert cfg.evaluate.generation == "sorsa-v1"
     if method == "sorsa":
         assert (cfg.method.rank, cfg.method.alpha, cfg.method.gamma) == (128, None, 4e-4)
         assert cfg.method.adapter_dtype == "float32" and cfg.method.ortho_mode == "reference"
+        assert cfg.method.ortho_coef == pytest.approx(4e-4 / (3e-5 * 64), abs=1e-6)  # 0.2083
+        assert cfg.method.residual_dtype == "bfloat16"
     elif method != "full":
         assert (cfg.method.rank, cfg.method.alpha, cfg.method.dropout) == (128, 128, 0.0)
     assert list(cfg.method.target_modules) == [
@@ -87,6 +97,63 @@ def test_paper_config_is_the_papers_protocol(method, lr):
         "up_proj",
         "down_proj",
     ]
+
+
+def test_regularizer_strength_is_the_papers_on_any_layout_and_scale():
+    one = compose_train("experiment=paper_llama2_7b", "method=sorsa").method.ortho_coef
+    ddp = compose_train("experiment=paper_llama2_7b", "method=sorsa", "trainer=ddp", "trainer.devices=8",
+                        "train.accumulate=8").method.ortho_coef  # fmt: skip
+    micro = compose_train(
+        "experiment=paper_llama2_7b", "method=sorsa", "train.batch_size=8", "train.accumulate=16"
+    )
+    mini = compose_train("experiment=mini", "method=sorsa")  # lr x 10 there: the coefficient stays
+    assert (
+        one == ddp == micro.method.ortho_coef == mini.method.ortho_coef == pytest.approx(0.208333, abs=1e-6)
+    )
+    assert mini.train.lr_multiplier == 10
+    assert compose_train("experiment=mini", "method=sorsa", "+ortho=none").method.ortho_coef == 0
+
+
+@pytest.mark.parametrize("method", ["lora", "pissa", "dora", "olora"])
+def test_adapter_scale_is_one_at_any_rank(method):
+    for rank in (8, 16, 128):
+        cfg = compose_train("experiment=mini", f"method={method}", f"method.rank={rank}")
+        assert cfg.method.alpha == rank  # scale alpha / r = 1, as SORSA's
+    assert compose_train(f"method={method}", "method.rank=8", "method.alpha=32").method.alpha == 32
+
+
+def test_full_fine_tuning_moves_every_weight_under_the_reference_precision(tiny_model_factory):
+    """AdamW at lr 2e-5 on bf16 weights (bf16-true) rounds most updates away; fp32 master weights
+    (train.precision=reference: bf16 autocast) keep them."""
+    moved = {}
+    for name, dtype, precision in (
+        ("reference", "float32", "bf16-mixed"),
+        ("bf16-true", "bfloat16", "32-true"),
+    ):
+        torch.manual_seed(0)
+        model = apply_method(tiny_model_factory(seed=3, dtype=dtype), {"name": "full", "rank": 4})
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("proj.weight")}
+        ids = torch.randint(3, 400, (4, 24), generator=torch.Generator().manual_seed(0))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        module = FineTuneModule(model, lr=2e-5, total_steps=10, warmup_ratio=0.0)
+        L.Trainer(max_steps=3, precision=precision, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                  ).fit(module, torch.utils.data.DataLoader([batch] * 3, batch_size=None))  # fmt: skip
+        after = dict(model.named_parameters())
+        changed = sum(int((after[n].detach() != w).sum()) for n, w in before.items())
+        moved[name] = changed / sum(w.numel() for w in before.values())
+    assert moved["reference"] > 0.99 and moved["bf16-true"] < 0.5, moved
+
+
+def test_reference_precision_keeps_the_svd_exact_and_stores_the_residual_in_bf16(tiny_model_factory):
+    from sorsa_repro.methods import cast_residuals
+
+    model = apply_method(tiny_model_factory(seed=4), {"name": "sorsa", "rank": 4})
+    layers = sorsa_layers(model)
+    assert cast_residuals(model, torch.bfloat16) == len(layers)
+    for layer in layers.values():
+        assert layer.weight.dtype == torch.bfloat16 and layer.sorsa_U.dtype == torch.float32
+        assert layer.init_factors[0].dtype == torch.float32  # the SVD ran on the fp32 weights
 
 
 @pytest.mark.slow
@@ -112,7 +179,8 @@ def _fixed_batch_losses(model, steps=20, lr=1e-2):
     ids = torch.randint(3, 400, (4, 24), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     loader = torch.utils.data.DataLoader([batch] * steps, batch_size=None)
-    module = FineTuneModule(model, lr=lr, total_steps=steps, gamma=4e-4, warmup_ratio=0.0)
+    coef = reference_coefficient(4e-4, lr, 1)
+    module = FineTuneModule(model, lr=lr, total_steps=steps, gamma=4e-4, ortho_coef=coef, warmup_ratio=0.0)
     L.Trainer(
         max_steps=steps,
         logger=False,
@@ -144,7 +212,13 @@ def _sorsa_module(tiny_model_factory, mode, gamma=4e-4, lr=3e-5, k=4, clip=1.0):
             layer.sorsa_U.add_(0.05 * torch.randn_like(layer.sorsa_U))
             layer.sorsa_Vt.add_(0.05 * torch.randn_like(layer.sorsa_Vt))
     module = FineTuneModule(
-        model, lr=lr, total_steps=10, accumulate=k, gamma=gamma, ortho_mode=mode, grad_clip=clip
+        model,
+        lr=lr,
+        total_steps=10,
+        gamma=gamma,
+        ortho_mode=mode,
+        ortho_coef=reference_coefficient(gamma, lr, k),
+        grad_clip=clip,
     )
     return model, module
 
@@ -277,7 +351,8 @@ def test_bad_input_fails_before_the_model_loads(tmp_path, monkeypatch):
         tiny_cfg(tmp_path, "lora", "data=gsm8k", f"+data.data_dir={tmp_path / 'none'}"),
         "SORSA_DATA_DIR",
     )
-    _fails_before_model_load(monkeypatch, tiny_cfg(tmp_path, "lora", "data.max_length=8"), "max_length")
+    too_long = tiny_cfg(tmp_path, "lora", "data.max_length=8", "data.long_prompts=error")
+    _fails_before_model_load(monkeypatch, too_long, "max_length")
 
 
 @pytest.mark.slow

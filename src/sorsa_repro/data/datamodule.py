@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .sampler import ResumableSampler
 from .sources import TRAIN_DATASETS, data_identity, load_train_examples
-from .tokenize import LONG_PROMPT_MODES, TRUNCATION_MODES, PadCollator, encode_examples, pad_token_id
+from .tokenize import LONG_PROMPT_MODES, PadCollator, check_modes, encode_examples, pad_token_id
 
 
 class EncodedDataset(Dataset):
@@ -50,6 +50,7 @@ class MathDataModule(L.LightningDataModule):
         limit: int | None = None,
         max_length: int = 512,
         truncation: str = "joint",
+        tokenization: str = "concatenated",
         long_prompts: str = "error",
         seed: int = 42,
         data_seed: int | None = None,
@@ -65,8 +66,7 @@ class MathDataModule(L.LightningDataModule):
             raise ValueError(
                 f"unknown training dataset {name!r}; known: {', '.join(TRAIN_DATASETS)} (join with '+')"
             )
-        if truncation not in TRUNCATION_MODES:
-            raise ValueError(f"unknown truncation {truncation!r}; expected one of {TRUNCATION_MODES}")
+        check_modes(tokenization, truncation)
         if long_prompts not in LONG_PROMPT_MODES:
             raise ValueError(f"unknown long_prompts {long_prompts!r}; expected one of {LONG_PROMPT_MODES}")
         for key, value in (("max_length", max_length), ("batch_size", batch_size)):
@@ -76,6 +76,7 @@ class MathDataModule(L.LightningDataModule):
             raise ValueError(f"limit must be >= 1 or None, got {limit}")
         self.tokenizer = tokenizer
         self.name, self.limit, self.max_length, self.truncation = name, limit, max_length, truncation
+        self.tokenization = tokenization
         self.seed, self.batch_size, self.num_workers, self.data_dir = seed, batch_size, num_workers, data_dir
         self.data_seed = seed if data_seed is None else data_seed  # picks the synthetic problems
         self.long_prompts, self.drop_last = long_prompts, drop_last
@@ -89,7 +90,12 @@ class MathDataModule(L.LightningDataModule):
             return
         examples = load_train_examples(self.name, self.limit, self.data_dir, seed=self.data_seed)
         encoded = encode_examples(
-            self.tokenizer, examples, self.max_length, self.truncation, self.long_prompts
+            self.tokenizer,
+            examples,
+            self.max_length,
+            self.truncation,
+            self.long_prompts,
+            tokenization=self.tokenization,
         )
         kept = {e["id"] for e in encoded}
         self.examples = [e for e in examples if e["id"] in kept]
@@ -108,6 +114,7 @@ class MathDataModule(L.LightningDataModule):
         extra = {
             "max_length": self.max_length,
             "truncation": self.truncation,
+            "tokenization": self.tokenization,
             "dropped_long_prompts": self.num_dropped,
         }
         return {**ident, **extra}
@@ -116,7 +123,11 @@ class MathDataModule(L.LightningDataModule):
         self.setup()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         sampler = ResumableSampler(len(self.train_dataset), self.seed, rank, world)
+        # only whole accumulation windows are trained: floor(micro-batches / accumulation) steps per epoch
+        micro_batches = -(-len(sampler) // self.batch_size)
+        sampler.per_epoch = (micro_batches // accumulate) * accumulate * self.batch_size
         if trainer is not None:
             # Lightning restores the loop's progress before asking for the loader: on resume, skip the
             # batches of this epoch that were already consumed, so the run continues on the same data.

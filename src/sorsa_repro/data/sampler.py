@@ -11,11 +11,14 @@ class ResumableSampler(Sampler[int]):
 
     ``len()`` is always the full epoch (Lightning counts batches against it); after
     ``skip(n_samples)`` the next iteration starts that many samples in, so a resumed run sees
-    exactly the samples an uninterrupted run would have seen next.
+    exactly the samples an uninterrupted run would have seen next. ``per_epoch`` caps the samples a
+    rank sees per epoch: the tail that would only fill a partial accumulation window is dropped, as the
+    reference Trainer does (it takes floor(micro-batches / accumulation) optimizer steps per epoch).
     """
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, per_epoch: int | None = None):
         self.size, self.seed, self.rank, self.world = size, seed, rank, world
+        self.per_epoch = per_epoch
         self.epoch = 0
         self._skip = 0
 
@@ -26,13 +29,15 @@ class ResumableSampler(Sampler[int]):
         self._skip = n_samples
 
     def __len__(self) -> int:
-        return -(-self.size // self.world)
+        full = -(-self.size // self.world)
+        return full if self.per_epoch is None else min(full, self.per_epoch)
 
     def __iter__(self):
         order = torch.randperm(
             self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)
         ).tolist()
-        order += order[: len(self) * self.world - self.size]  # pad so every rank gets the same count
-        mine = order[self.rank :: self.world]
+        full = -(-self.size // self.world)
+        order += order[: full * self.world - self.size]  # pad so every rank gets the same count
+        mine = order[self.rank :: self.world][: len(self)]
         start, self._skip = self._skip, 0
         return iter(mine[start:])

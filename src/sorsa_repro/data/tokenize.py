@@ -1,9 +1,18 @@
 """Tokenisation with prompt masking, and a right-padding collator.
 
-Prompt and response are tokenised separately and concatenated, so the mask boundary is exact:
-prompt = tokenizer(build_prompt(query)) with the tokenizer's special tokens (BOS where it adds one,
-as evaluation prompts get), response = tokenizer(response, no special tokens) + EOS. Labels are -100
-on prompt tokens (and on padding), so the loss covers the response and its EOS only.
+Two tokenisations, each the one a reference used (labels are -100 on prompt tokens and padding, so the
+loss covers the response and its EOS only; the prompt gets the tokenizer's special tokens, BOS where it
+adds one, as evaluation prompts do):
+
+- ``concatenated`` (PiSSA, GraphPKU/PiSSA@e2b128e ``train.py:85-121``, whose rows the SORSA paper copied
+  for full FT, LoRA and PiSSA): the string prompt + response is tokenised as one, EOS appended, cut to
+  ``max_length`` (joint truncation); the prompt's length is that of the prompt tokenised alone.
+- ``separate`` (SORSA, Gunale0926/SORSA@809cca0 ``dataset.py:85-123``): prompt and response + EOS are
+  tokenised on their own and concatenated, so the mask boundary is exact; with ``separate`` truncation each
+  part is cut to ``max_length`` (a sequence can reach 2 x max_length), with ``joint`` the two together.
+
+The first response token can differ between them (Llama: ``Response:The`` vs a separately tokenised
+``▁The``).
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from .prompt import build_prompt
 
 IGNORE_INDEX = -100
 TRUNCATION_MODES = ("joint", "separate")
-LONG_PROMPT_MODES = ("error", "drop")
+TOKENIZATION_MODES = ("concatenated", "separate")
+LONG_PROMPT_MODES = ("error", "drop", "keep")
 
 
 class PromptTooLongError(ValueError):
@@ -37,30 +47,36 @@ def combine(
     max_length: int,
     truncation: str = "joint",
     example_id: str | None = None,
+    long_prompts: str = "error",
 ) -> dict:
     """input_ids/labels from token ids; `response_ids` already ends with EOS.
 
     joint: prompt + response cut to `max_length` together (PiSSA); separate: prompt and response each
     cut to `max_length` on their own, so a sequence can reach 2 x max_length (SORSA reference).
+    A prompt that leaves no room for the response raises PromptTooLongError, unless ``long_prompts`` is
+    "keep": the example is cut as the references cut it (joint: its labels are all masked, so it adds no
+    loss; separate: the prompt's end is cut off), as both references keep such examples in the epoch.
     """
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"unknown truncation {truncation!r}; expected one of {TRUNCATION_MODES}")
     n_prompt = len(prompt_ids)
     where = f" (example {example_id})" if example_id is not None else ""
-    if n_prompt > max_length or (truncation == "joint" and n_prompt >= max_length):
+    too_long = n_prompt > max_length or (truncation == "joint" and n_prompt >= max_length)
+    if too_long and long_prompts != "keep":
         cut = "the whole response would be cut off" if n_prompt == max_length else "it exceeds max_length"
         raise PromptTooLongError(
             f"prompt of {n_prompt} tokens{where} does not fit max_length={max_length} ({truncation} "
-            f"truncation): {cut}; raise max_length (data.max_length) or skip such examples "
-            "(long_prompts='drop')"
+            f"truncation): {cut}; raise max_length (data.max_length), skip such examples "
+            "(long_prompts=drop) or keep them as the references do (long_prompts=keep)"
         )
+    prompt = list(prompt_ids[:max_length])
     if truncation == "joint":
-        response = list(response_ids[: max_length - n_prompt])
+        response = list(response_ids[: max(0, max_length - n_prompt)])
     else:
         response = list(response_ids[:max_length])
     return {
-        "input_ids": list(prompt_ids) + response,
-        "labels": [IGNORE_INDEX] * n_prompt + response,
+        "input_ids": prompt + response,
+        "labels": [IGNORE_INDEX] * len(prompt) + response,
     }
 
 
@@ -71,31 +87,49 @@ def encode_examples(
     truncation: str = "joint",
     long_prompts: str = "error",
     batch_size: int = 1000,
+    tokenization: str = "separate",
 ) -> list[dict]:
     """Encode `{query, response}` examples with the training prompt; batched for fast tokenizers.
 
     Each result has input_ids, labels and the example's id. `long_prompts="drop"` skips examples whose
-    prompt does not fit instead of raising PromptTooLongError.
+    prompt does not fit instead of raising PromptTooLongError; "keep" keeps them (see ``combine``).
     """
     if long_prompts not in LONG_PROMPT_MODES:
         raise ValueError(f"unknown long_prompts {long_prompts!r}; expected one of {LONG_PROMPT_MODES}")
+    check_modes(tokenization, truncation)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; the training target must end with one")
     out = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        prompts = tokenizer([build_prompt(e["query"]) for e in chunk], add_special_tokens=True)["input_ids"]
-        responses = tokenizer([e["response"] for e in chunk], add_special_tokens=False)["input_ids"]
+        prompt_texts = [build_prompt(e["query"]) for e in chunk]
+        prompts = tokenizer(prompt_texts, add_special_tokens=True)["input_ids"]
+        if tokenization == "concatenated":
+            texts = [p + e["response"] for p, e in zip(prompt_texts, chunk, strict=True)]
+            joined = tokenizer(texts, add_special_tokens=True)["input_ids"]
+            # the joined tokens throughout; the first len(prompt alone) of them are masked, as PiSSA does
+            responses = [ids[len(p) :] for ids, p in zip(joined, prompts, strict=True)]
+            prompts = [ids[: len(p)] for ids, p in zip(joined, prompts, strict=True)]
+        else:
+            responses = tokenizer([e["response"] for e in chunk], add_special_tokens=False)["input_ids"]
         for e, p, r in zip(chunk, prompts, responses, strict=True):
             try:
-                out.append(
-                    {**combine(p, list(r) + [eos], max_length, truncation, e.get("id")), "id": e.get("id")}
-                )
+                encoded = combine(p, list(r) + [eos], max_length, truncation, e.get("id"), long_prompts)
+                out.append({**encoded, "id": e.get("id")})
             except PromptTooLongError:
                 if long_prompts == "error":
                     raise
     return out
+
+
+def check_modes(tokenization: str, truncation: str) -> None:
+    if tokenization not in TOKENIZATION_MODES:
+        raise ValueError(f"unknown tokenization {tokenization!r}; expected one of {TOKENIZATION_MODES}")
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"unknown truncation {truncation!r}; expected one of {TRUNCATION_MODES}")
+    if tokenization == "concatenated" and truncation != "joint":
+        raise ValueError("tokenization=concatenated cuts the one joined sequence: use truncation=joint")
 
 
 def encode_example(tokenizer, query: str, response: str, max_length: int, truncation: str = "joint") -> dict:

@@ -40,7 +40,9 @@ class Completion:
 class Backend(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Completion]: ...
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()
+    ) -> list[Completion]: ...
 
     def close(self) -> None: ...
 
@@ -75,11 +77,21 @@ def _eos_ids(model_or_config) -> set[int]:
     return {int(e) for e in eos} if isinstance(eos, list | tuple) else {int(eos)}
 
 
-def _completion(tokenizer, token_ids: list[int], eos_ids: set[int]) -> Completion:
-    """Cut at the first EOS (kept in the count: padding follows it), decode without special tokens."""
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
+    """``text`` up to the first occurrence of a stop string (excluded, as vLLM returns it), or None."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(cuts)] if cuts else None
+
+
+def _completion(tokenizer, token_ids: list[int], eos_ids: set[int], stop: tuple[str, ...] = ()) -> Completion:
+    """Cut at the first EOS (kept in the count: padding follows it), decode without special tokens, cut
+    at the first stop string."""
     n = next((i + 1 for i, t in enumerate(token_ids) if t in eos_ids), len(token_ids))
     text = tokenizer.decode(token_ids[:n], skip_special_tokens=True)
     stopped = n > 0 and token_ids[n - 1] in eos_ids
+    cut = cut_at_stop(text, stop)
+    if cut is not None:
+        text, stopped = cut, True
     return Completion(text=text, n_tokens=n, finish_reason="stop" if stopped else "length")
 
 
@@ -112,7 +124,9 @@ class HFBackend:
         self.batch_size = batch_size
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Completion]:
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()
+    ) -> list[Completion]:
         lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
         # longest first: less padding per batch, and an out-of-memory error shows on the first batch
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
@@ -130,10 +144,12 @@ class HFBackend:
                 top_k=None,
                 eos_token_id=sorted(self.eos_ids),
                 pad_token_id=self.tokenizer.pad_token_id,
+                **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}),
             )
             new_tokens = generated[:, batch["input_ids"].shape[1] :].tolist()
             for i, ids in zip(idx, new_tokens, strict=True):
-                out[i] = _completion(self.tokenizer, ids, self.eos_ids)
+                # a sequence that ended before the others is padded after its EOS or stop string
+                out[i] = _completion(self.tokenizer, ids, self.eos_ids | {self.tokenizer.pad_token_id}, stop)
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -191,10 +207,12 @@ class VLLMBackend:
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Completion]:
+    def generate(
+        self, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()
+    ) -> list[Completion]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0, max_tokens=max_new_tokens)
+        params = SamplingParams(temperature=0, max_tokens=max_new_tokens, stop=list(stop) or None)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         completions = []
         for output in outputs:
@@ -202,6 +220,8 @@ class VLLMBackend:
                 0
             ]  # vLLM stops at EOS and keeps it last in token_ids, as HFBackend counts it
             text = self.tokenizer.decode(list(out.token_ids), skip_special_tokens=True)
+            cut = cut_at_stop(text, stop)  # token_ids run to the end of the stop string; the text must not
+            text = text if cut is None else cut
             completions.append(
                 Completion(text=text, n_tokens=len(out.token_ids), finish_reason=out.finish_reason)
             )
@@ -229,8 +249,8 @@ def make_backend(name: str, model, tokenizer=None, **options) -> Backend:
 
 
 def timed_generate(
-    backend: Backend, prompts: list[str], max_new_tokens: int
+    backend: Backend, prompts: list[str], max_new_tokens: int, stop: tuple[str, ...] = ()
 ) -> tuple[list[Completion], float]:
     start = time.perf_counter()
-    completions = backend.generate(prompts, max_new_tokens)
+    completions = backend.generate(prompts, max_new_tokens, stop)
     return completions, time.perf_counter() - start

@@ -70,6 +70,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from sorsa_repro.data.answer_format import ANSWER_MARKER, METAMATH_ANSWER_SPLIT, last_boxed
+from sorsa_repro.evaluation.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +80,7 @@ MATH_VERIFY_TIMEOUT_S = 5.0  # CPU seconds per check (parsing both sides and com
 MATH_VERIFY_RETRY_TIMEOUT_S = 60.0  # CPU seconds for the one retry of a check that ran out of time
 WALL_SAFETY_FACTOR = 20.0  # a check is also stopped after this many times its CPU limit in wall seconds
 
-GRADERS: dict[str, list[str]] = {
-    "gsm8k": ["metamath", "numeric"],
-    "synthetic": ["numeric"],
-    "math": ["metamath", "lenient", "math_verify"],
-    "math500": ["metamath", "lenient", "math_verify"],
-}
+GRADERS: dict[str, list[str]] = {name: list(t.graders) for name, t in TASKS.items()}  # evaluation/tasks.py
 GRADER_VERSIONS: dict[str, str] = {
     "numeric": "numeric-1",
     "metamath": "metamath-2",  # exactly MetaMath (GSM8K and MATH); metamath-1 lives on as lenient-1

@@ -35,6 +35,12 @@ from sorsa_repro.evaluation.backends import (
     resolve_backend,
     timed_generate,
 )
+from sorsa_repro.evaluation.tasks import (
+    BENCHMARKS,
+    DEFAULT_GENERATION,
+    GENERATION_PROTOCOLS,
+    generation_protocol,
+)
 from sorsa_repro.results import (
     LOCK_HELD_ENV,
     atomic_write_text,
@@ -46,8 +52,7 @@ from sorsa_repro.results import (
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("gsm8k", "math", "math500", "synthetic")
-DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 1024, "math": 2048, "math500": 2048, "synthetic": 256}
+DEFAULT_MAX_NEW_TOKENS = GENERATION_PROTOCOLS[DEFAULT_GENERATION].max_new_tokens
 MERGED_DIR = "merged"
 PREDICTIONS_DIR = "predictions"
 DEFAULT_OUT_ROOT = Path("results") / "eval"
@@ -65,6 +70,9 @@ class EvalConfig:
     out_dir: str | None = None  # for model=: where to write; default results/eval/<model name>/
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     limit: int | None = None  # first N problems of each benchmark; None = all
+    # stop strings and token budgets of a reference's evaluation (evaluation/tasks.py): sorsa-v1 |
+    # metamath-v1 | wizardmath-v1
+    generation: str = DEFAULT_GENERATION
     max_new_tokens: int | dict | None = None  # one int for all, or per benchmark; None = the protocol's
     backend: str = "auto"  # vllm | hf | auto (vllm when installed)
     batch_size: int = 8  # hf: prompts per generate call
@@ -106,8 +114,9 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
+        protocol = generation_protocol(self.generation)
         if isinstance(self.max_new_tokens, Mapping):  # the protocol's for the benchmarks it leaves out
-            self.max_new_tokens = {**DEFAULT_MAX_NEW_TOKENS, **self.max_new_tokens}
+            self.max_new_tokens = {**protocol.max_new_tokens, **self.max_new_tokens}
         for benchmark in self.benchmarks:
             if self.max_new_tokens_for(benchmark) < 1:
                 raise ValueError(f"max_new_tokens for {benchmark} must be >= 1")
@@ -135,7 +144,12 @@ class EvalConfig:
     def max_new_tokens_for(self, benchmark: str) -> int:
         if isinstance(self.max_new_tokens, int):
             return self.max_new_tokens
-        return int((self.max_new_tokens or {}).get(benchmark, DEFAULT_MAX_NEW_TOKENS[benchmark]))
+        default = generation_protocol(self.generation).max_new_tokens[benchmark]
+        return int((self.max_new_tokens or {}).get(benchmark, default))
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return generation_protocol(self.generation).stop
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -239,7 +253,13 @@ def grade(benchmark: str, completion: str, reference: str) -> dict:
 
 
 def make_row(
-    benchmark: str, example: dict, prompt: str, completion: Completion, max_new_tokens: int, backend: str
+    benchmark: str,
+    example: dict,
+    prompt: str,
+    completion: Completion,
+    max_new_tokens: int,
+    backend: str,
+    generation: str = DEFAULT_GENERATION,
 ):
     graded = grade(benchmark, completion.text, example["reference"])
     return {
@@ -249,6 +269,7 @@ def make_row(
         "n_tokens": completion.n_tokens,
         "finish_reason": completion.finish_reason,
         "max_new_tokens": max_new_tokens,
+        "generation": generation,
         "backend": backend,
         "strict_answer": graded["strict_answer"],
         "flexible_answer": graded["flexible_answer"],
@@ -259,8 +280,15 @@ def make_row(
     }
 
 
-def _reusable(row: dict | None, prompt: str, max_new_tokens: int) -> bool:
-    return row is not None and row.get("prompt") == prompt and row.get("max_new_tokens") == max_new_tokens
+def _reusable(row: dict | None, prompt: str, max_new_tokens: int, generation: str) -> bool:
+    """A stored row answers this call when it was generated from the same prompt with the same settings
+    (rows from before generation protocols were named were generated without stop strings: sorsa-v1)."""
+    return (
+        row is not None
+        and row.get("prompt") == prompt
+        and row.get("max_new_tokens") == max_new_tokens
+        and row.get("generation", "sorsa-v1") == generation
+    )
 
 
 def _regrade(benchmark: str, row: dict, reference: str) -> dict:
@@ -338,7 +366,7 @@ def _evaluate_benchmark(
     prompts = [build_prompt(ex["query"], for_eval=True) for ex in examples]
     rows: list[dict | None] = [
         _regrade(benchmark, old[ex["id"]], ex["reference"])
-        if _reusable(old.get(ex["id"]), p, max_new)
+        if _reusable(old.get(ex["id"]), p, max_new, cfg.generation)
         else None
         for ex, p in zip(examples, prompts, strict=True)
     ]
@@ -354,11 +382,13 @@ def _evaluate_benchmark(
     chunk = cfg.chunk_size_for(backend.name)
     for start in range(0, len(todo), chunk):
         idx = todo[start : start + chunk]
-        completions, seconds = timed_generate(backend.get(), [prompts[i] for i in idx], max_new)
+        completions, seconds = timed_generate(backend.get(), [prompts[i] for i in idx], max_new, cfg.stop)
         gen_s += seconds
         gen_tokens += sum(c.n_tokens for c in completions)
         for i, completion in zip(idx, completions, strict=True):
-            rows[i] = make_row(benchmark, examples[i], prompts[i], completion, max_new, backend.name)
+            rows[i] = make_row(
+                benchmark, examples[i], prompts[i], completion, max_new, backend.name, cfg.generation
+            )
         write_predictions(path, rows, kept)
         logger.info(
             "%s: %d/%d generated, %.1f tokens/s", benchmark, start + len(idx), len(todo), gen_tokens / gen_s
@@ -369,6 +399,8 @@ def _evaluate_benchmark(
         **summarise(benchmark, done),
         "limit": cfg.limit,
         "max_new_tokens": max_new,
+        "generation_protocol": cfg.generation,
+        "stop": list(cfg.stop),
         "backend": ",".join(sorted({r.get("backend", "?") for r in done})),
         "dtype": cfg.dtype or default_dtype(),
         "prompt_version": PROMPT_VERSION,

@@ -25,6 +25,7 @@ __all__ = [
     "MethodConfig",
     "SORSALinear",
     "apply_method",
+    "cast_residuals",
     "count_parameters",
     "effective_weights",
     "find_targets",
@@ -95,6 +96,24 @@ def apply_method(model: nn.Module, cfg: Mapping | MethodConfig) -> nn.Module:
         model = peft_methods.apply_peft(model, config)
     model.method_config = cfg
     return model
+
+
+@torch.no_grad()
+def cast_residuals(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the frozen residual W_res of every SORSA layer and PEFT (PiSSA) layer to ``dtype``; the
+    adapters keep theirs. The references' mixed precision (``train.precision=reference``): W_res is computed
+    in fp32, then stored in bf16. Returns the number of matrices cast."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, SORSALinear):
+            weight = module.weight
+        elif isinstance(module, peft_methods.LoraLayer):
+            weight = module.get_base_layer().weight
+        else:
+            continue
+        weight.data = weight.data.to(dtype)
+        count += 1
+    return count
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

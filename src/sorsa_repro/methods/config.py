@@ -9,7 +9,15 @@ from dataclasses import dataclass, field, fields
 METHODS = ("full", "lora", "pissa", "dora", "olora", "sorsa")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # keys a Hydra method config carries for the trainer, not for building the model
-TRAINING_KEYS = {"lr", "gamma", "ortho_mode", "weight_decay"}
+TRAINING_KEYS = {
+    "lr",
+    "gamma",
+    "ortho_mode",
+    "ortho_accumulation",
+    "ortho_coef",
+    "residual_dtype",
+    "weight_decay",
+}
 
 
 @dataclass

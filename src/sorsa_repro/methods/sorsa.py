@@ -80,6 +80,7 @@ class SORSALinear(nn.Module):
         self.scale = 1.0 if alpha is None else alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.base_dtype = None
         w = base.weight
         self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
         if w.device.type == "meta":  # shapes only, for parameter counts
@@ -94,6 +95,7 @@ class SORSALinear(nn.Module):
             # residual from the factors as stored, so W_res + update reproduces W as closely as the dtype allows
             residual = (w.detach().float() - dense_update(u, s, vt, self.scale)).to(w.dtype)
             self.weight = nn.Parameter(residual, requires_grad=False)
+            self.base_dtype = w.dtype  # what the residual was computed from (it may be cast afterwards)
             # CPU copy of the initial factors: the adapter file stores them to rebuild W_res without an SVD
             self.init_factors = tuple(t.detach().to("cpu", copy=True) for t in (u, s, vt))
         self.sorsa_U = nn.Parameter(u.contiguous())
@@ -208,6 +210,7 @@ def save_sorsa_adapter(model: nn.Module, path: str | os.PathLike, base_model: st
         "dropout": getattr(first.dropout, "p", 0.0),
         "adapter_dtype": str(first.sorsa_U.dtype).removeprefix("torch."),
         "residual_dtype": str(first.weight.dtype).removeprefix("torch."),
+        "base_dtype": str(first.base_dtype).removeprefix("torch."),
         "layers": sorted(layers),
         "base_model": base_model,
     }
@@ -225,16 +228,19 @@ def load_sorsa_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     adapter_dtype = getattr(torch, config["adapter_dtype"])
     for param in model.parameters():
         param.requires_grad_(False)
+    residual_dtype = getattr(torch, config["residual_dtype"])
+    base_dtype = config.get(
+        "base_dtype", config["residual_dtype"]
+    )  # adapters saved before base_dtype existed
     for name in config["layers"]:
         base = model.get_submodule(name)
-        if str(base.weight.dtype).removeprefix("torch.") != config["residual_dtype"]:
-            raise ValueError(
-                f"load the base model in {config['residual_dtype']} to restore this adapter exactly"
-            )
+        if str(base.weight.dtype).removeprefix("torch.") != base_dtype:
+            raise ValueError(f"load the base model in {base_dtype} to restore this adapter exactly")
         init = tuple(tensors[f"{name}.init_{k}"] for k in ("U", "S", "Vt"))
         layer = SORSALinear(
             base, config["rank"], config["alpha"], config["dropout"], adapter_dtype, init_factors=init
         )
+        layer.weight.data = layer.weight.data.to(residual_dtype)  # as training cast it (precision=reference)
         with torch.no_grad():
             for key in ("U", "S", "Vt"):
                 getattr(layer, f"sorsa_{key}").copy_(tensors[f"{name}.sorsa_{key}"])

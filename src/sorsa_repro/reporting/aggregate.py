@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sorsa_repro.evaluation.tasks import BENCHMARKS, display_name
 from sorsa_repro.reporting.protocol import check_protocol
 from sorsa_repro.results import RESULT_FILE, UnreadableResultError, load_result
 
@@ -34,9 +35,8 @@ METHOD_NAMES = {
     "corda": "CorDA",
     "eva": "EVA",
 }
-BENCH_ORDER = ["gsm8k", "math", "math500", "math_500"]
-BENCH_NAMES = {"gsm8k": "GSM8K", "math": "MATH", "math500": "MATH-500", "math_500": "MATH-500"}
-GRADER_ORDER = ["metamath", "math_verify"]
+BENCH_ORDER = list(BENCHMARKS)
+GRADER_ORDER = ["metamath", "numeric", "lenient", "math_verify"]  # metamath first: the paper's comparison
 MODES = ("strict", "flexible")
 # <method>[<variant>]-r<rank>-s<seed>[-<config hash>] (older folders have no hash)
 _FOLDER = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)(?:-[0-9a-f]{8})?$")
@@ -53,7 +53,7 @@ def method_name(method: str) -> str:
 
 
 def bench_name(bench: str) -> str:
-    return BENCH_NAMES.get(bench, bench)
+    return display_name(bench)
 
 
 def group_label(method: str, rank: int, variant: str = "") -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-EVAL_KEYS = ("n", "limit", "max_new_tokens", "prompt_version")
+EVAL_KEYS = ("n", "limit", "max_new_tokens", "generation_protocol", "prompt_version")
 ABSENT = "<absent>"
 
 

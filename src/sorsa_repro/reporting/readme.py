@@ -147,6 +147,15 @@ def write_readme(
         _setup(summary, results_dir),
     ]
     parts.append("## Accuracy\n\n" + "\n".join(map(to_markdown, main_tables(summary, reference))))
+    configs = [r.config for r in summary.runs if r.config]
+    if configs:
+        from sorsa_repro.reporting.protocol_table import protocol_table
+
+        parts.append(
+            "## Protocol against the references\n\nEach setting as the SORSA reference code, PiSSA's code and "
+            "MetaMath's evaluation ran it (sources cited in `sorsa_repro/reporting/protocol_table.py`), and as "
+            "these runs ran it (their config.yaml).\n\n" + protocol_table(configs)
+        )
     if ranks := rank_tables(summary):
         parts.append("## Accuracy against rank\n\n" + "\n".join(map(to_markdown, ranks)))
     figures = [s for s in CAPTIONS if (out_dir / f"{s}.png").exists()]

@@ -6,6 +6,7 @@ always show the same numbers. Output is plain deterministic text with padded col
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,11 +161,12 @@ def accuracy_table(summary: Summary, mode: str, reference: dict, with_paper: boo
     )
     columns = []
     present = {(bench, grader) for *_, bench, grader in stats.index}
+    unlike = paper_differences(summary, model) if model else {}
     for bench in summary.benchmarks:
         for grader in [g for g in summary.graders(bench) if (bench, g) in present]:
             columns.append((bench, grader))
             table.header.append(f"{bench_name(bench)} {grader}")
-        if model and bench in paper_benches and mode == compare["mode"]:
+        if model and bench in paper_benches and mode == compare["mode"] and bench not in unlike:
             columns += [(bench, "paper"), (bench, "diff")]
             table.header += [f"{bench_name(bench)} paper", f"Δ {bench_name(bench)}"]
     table.align += "r" * len(columns)
@@ -194,6 +196,12 @@ def accuracy_table(summary: Summary, mode: str, reference: dict, with_paper: boo
             "are the PiSSA paper's numbers, not re-run under SORSA's evaluation; the paper's SORSA MATH "
             "number comes from the SORSA reference's lenient MATH grader (it accepts some wrong answers)."
         )
+        if unlike:
+            caption.append(
+                "No paper difference for "
+                + "; ".join(f"{bench_name(b)}: {why}" for b, why in unlike.items())
+                + " (the paper's setting differs)."
+            )
         run_methods = set(summary.groups["method"])
         unrun = [method_name(m) for m in model.get("rows", {}) if m not in run_methods]
         if unrun and mode == compare["mode"]:
@@ -206,6 +214,35 @@ def accuracy_table(summary: Summary, mode: str, reference: dict, with_paper: boo
         )
     table.caption = " ".join(caption)
     return table
+
+
+def paper_differences(summary: Summary, model: dict) -> dict[str, str]:
+    """Per benchmark, why these runs are not the paper's setting (empty: comparable): its base model and
+    training data (MetaMathQA[:100000]), and the whole test set."""
+    from sorsa_repro.evaluation.tasks import TASKS
+    from sorsa_repro.reporting.protocol import shared_protocol
+
+    try:
+        protocol = shared_protocol(summary.ok_runs)
+    except Exception:  # runs of several protocols are refused elsewhere
+        protocol = {}
+    train = {
+        "model": (protocol.get("protocol.train.model"), model.get("hf_id")),
+        "data": (protocol.get("protocol.train.data"), "metamathqa"),
+        "examples": (protocol.get("protocol.train.examples"), 100000),
+    }
+    wrong = [f"{k} {json.loads(got) if got else None} (paper {want})" for k, (got, want) in train.items()
+             if got is None or json.loads(got) != want]  # fmt: skip
+    out = {}
+    for bench in summary.benchmarks:
+        n = protocol.get(f"eval.{bench}.n")
+        size = TASKS[bench].test_size if bench in TASKS else None
+        why = list(wrong) + (
+            [f"{json.loads(n)} of {size} problems"] if n is None or json.loads(n) != size else []
+        )
+        if why:
+            out[bench] = ", ".join(why)
+    return out
 
 
 def main_tables(summary: Summary, reference: dict) -> list[Table]:

@@ -1,3 +1,4 @@
 """Training: the LightningModule and the run task that writes a run folder."""
 
-from sorsa_repro.training import identity  # noqa: F401  (registers ${run_id:}, used by conf/train.yaml)
+# config resolvers conf/ uses: ${run_id:} (train.yaml), ${ortho_coef:...} (method/sorsa.yaml)
+from sorsa_repro.training import identity, ortho  # noqa: F401

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from sorsa_repro.data.tokenize import IGNORE_INDEX
 from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
 from sorsa_repro.training.distributed import clean_name, fsdp_root
 
@@ -26,8 +27,8 @@ class FineTuneModule(L.LightningModule):
     """Wraps an adapted model (``self.model``).
 
     The orthonormal regularizer of SORSA enters in one of three modes (DESIGN.md section 2):
-    ``reference``: after clipping, add the gradient of gamma / (lr * k) * L_orth to the factors'
-    gradients (lr: base learning rate, k: accumulation steps), as the reference trainer does;
+    ``reference``: after clipping, add ``ortho_coef`` x dL_orth to the factors' gradients, as the reference
+    trainer does (``ortho_coef`` = gamma / (base lr x 64), see ``sorsa_repro.training.ortho``);
     ``decoupled``: a separate SGD step of size gamma on L_orth after the optimizer step;
     ``loss``: gamma * L_orth added to the training loss.
     """
@@ -38,9 +39,9 @@ class FineTuneModule(L.LightningModule):
         *,
         lr: float,
         total_steps: int,
-        accumulate: int = 1,
         gamma: float = 0.0,
         ortho_mode: str = "reference",
+        ortho_coef: float = 0.0,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
         grad_clip: float | None = 1.0,
@@ -50,8 +51,8 @@ class FineTuneModule(L.LightningModule):
         if ortho_mode not in ORTHO_MODES:
             raise ValueError(f"unknown ortho_mode {ortho_mode!r}; use one of {ORTHO_MODES}")
         self.model = model.train()
-        self.lr, self.total_steps, self.accumulate = lr, total_steps, accumulate
-        self.gamma, self.ortho_mode = gamma, ortho_mode
+        self.lr, self.total_steps = lr, total_steps
+        self.gamma, self.ortho_mode, self.ortho_coef = gamma, ortho_mode, ortho_coef
         self.weight_decay, self.warmup_ratio, self.grad_clip = weight_decay, warmup_ratio, grad_clip
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.sorsa = bool(sorsa_layers(model))
@@ -64,7 +65,10 @@ class FineTuneModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self._window["n"] == 0:
             self._window["start"] = time.perf_counter()
-        loss = self.model(**batch).loss
+        if batch["labels"][:, 1:].ne(IGNORE_INDEX).any():
+            loss = self.model(**batch).loss
+        else:  # only prompts too long to leave a response token (long_prompts=keep): nothing to learn
+            loss = self.model(**batch).logits.sum() * 0.0
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at optimizer step {self.global_step + 1}; "
@@ -86,7 +90,7 @@ class FineTuneModule(L.LightningModule):
                 param.grad.add_(grad, alpha=self.gamma)
         self._window["grad_norm"] = float(self._clip_grad_norm(max_norm))
         self._window["lr"] = optimizer.param_groups[0]["lr"]
-        if self.sorsa and self.ortho_mode == "reference" and self.gamma:
+        if self.sorsa and self.ortho_mode == "reference" and self.ortho_coef:
             self.add_reference_penalty_grad()
 
     def _fsdp_root(self):
@@ -104,10 +108,9 @@ class FineTuneModule(L.LightningModule):
         return torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm)
 
     def add_reference_penalty_grad(self):
-        """grad += gamma / (lr * k) * dL_orth: unclipped, then through AdamW with the task gradient."""
-        coef = self.gamma / (self.lr * self.accumulate)
+        """grad += ortho_coef * dL_orth: unclipped, then through AdamW with the task gradient."""
         for param, grad in zip(*self._penalty_grads(), strict=True):
-            param.grad.add_(grad, alpha=coef)
+            param.grad.add_(grad, alpha=self.ortho_coef)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

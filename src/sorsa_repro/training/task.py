@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sorsa_repro.methods import MethodConfig, apply_method, count_parameters, merge_model, save_adapter
+from sorsa_repro.methods import (
+    MethodConfig,
+    apply_method,
+    cast_residuals,
+    count_parameters,
+    merge_model,
+    save_adapter,
+)
 from sorsa_repro.methods.config import TRAINING_KEYS
 from sorsa_repro.provenance import provenance
 from sorsa_repro.results import (
@@ -34,6 +41,7 @@ from sorsa_repro.results import (
 )
 from sorsa_repro.training.distributed import build_strategy, fsdp_root, is_global_zero, whole_model
 from sorsa_repro.training.identity import config_hash
+from sorsa_repro.training.ortho import reference_coefficient
 from sorsa_repro.training.resources import peak_memory_mb, reset_peak_memory
 from sorsa_repro.training.validate import PRECISIONS, RunFolderConflictError, data_seed, validate_config
 
@@ -53,9 +61,13 @@ RUN_OUTPUTS = (
 
 
 def optimizer_steps(num_examples: int, batch_size: int, accumulate: int, world: int, epochs: int) -> int:
-    """ceil(ceil(examples / (batch x world)) / accumulate) x epochs: the paper's 100000 / 128 -> 782."""
+    """floor(ceil(examples / (batch x world)) / accumulate) x epochs: the paper's 100000 / 128 -> 781.
+
+    The reference Trainer (transformers 4.38 / 4.44, ``num_update_steps_per_epoch = len(dataloader) //
+    gradient_accumulation_steps``) drops the last partial accumulation window; so does the data module.
+    """
     micro_batches = math.ceil(num_examples / (batch_size * world))
-    return math.ceil(micro_batches / accumulate) * epochs
+    return (micro_batches // accumulate) * epochs
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -90,6 +102,7 @@ def prepare_training(cfg: DictConfig) -> PreparedRun:
         limit=cfg.data.limit,
         max_length=cfg.data.max_length,
         truncation=cfg.data.truncation,
+        tokenization=cfg.data.get("tokenization", "separate"),
         long_prompts=cfg.data.get("long_prompts", "error"),
         seed=cfg.seed,
         data_seed=data_seed(cfg),
@@ -98,11 +111,14 @@ def prepare_training(cfg: DictConfig) -> PreparedRun:
         data_dir=cfg.data.get("data_dir"),
     )
     num_examples = data.num_train_examples  # loads and encodes: too-long prompts fail here
-    if num_examples == 0:
-        raise ValueError(f"no training examples left after encoding {cfg.data.name} (long_prompts=drop?)")
-    total_steps = cfg.train.max_steps or optimizer_steps(
-        num_examples, cfg.train.batch_size, cfg.train.accumulate, world_size(cfg), cfg.train.epochs
-    )
+    per_step = cfg.train.batch_size * cfg.train.accumulate * world_size(cfg)
+    steps = optimizer_steps(num_examples, cfg.train.batch_size, cfg.train.accumulate, world_size(cfg), 1)
+    if steps == 0:
+        raise ValueError(
+            f"{num_examples} training examples of {cfg.data.name} make no optimizer step of {per_step} sequences "
+            "(train.batch_size x train.accumulate x devices): use more data or a smaller batch"
+        )
+    total_steps = cfg.train.max_steps or steps * cfg.train.epochs
     return PreparedRun(cfg, method, Path(cfg.run_dir), config_hash(cfg), tokenizer, data, total_steps)
 
 
@@ -162,6 +178,11 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
     started = time.perf_counter()
     model, _ = load_base_model(cfg.model.name, dtype=model_dtype, seed=cfg.seed)
     model = apply_method(model, method)
+    residual_dtype = cfg.method.get("residual_dtype")
+    if cfg.train.precision == "reference" and residual_dtype:
+        from sorsa_repro.models import resolve_dtype
+
+        cast_residuals(model, resolve_dtype(residual_dtype))
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
@@ -175,13 +196,14 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
         init_s,
     )
     lr = float(cfg.method.lr) * cfg.train.lr_multiplier
+    ortho = _ortho_settings(cfg)
     module = FineTuneModule(
         model,
         lr=lr,
         total_steps=run.total_steps,
-        accumulate=cfg.train.accumulate,
-        gamma=float(cfg.method.get("gamma", 0.0) or 0.0),
-        ortho_mode=cfg.method.get("ortho_mode", "reference"),
+        gamma=ortho.get("gamma", 0.0),
+        ortho_mode=ortho.get("mode", "reference"),
+        ortho_coef=ortho.get("coefficient", 0.0),
         weight_decay=cfg.train.weight_decay,
         warmup_ratio=cfg.train.warmup_ratio,
         grad_clip=cfg.train.grad_clip,
@@ -196,6 +218,8 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
                     "trainable_params": trainable,
                     "total_params": total,
                     "init_time_s": round(init_s, 2),
+                    "lr": lr,
+                    "ortho": ortho or None,
                 },
                 "protocol": {"train": _protocol(cfg, run.data, run.total_steps, world_size(cfg))},
                 "provenance": {
@@ -262,6 +286,17 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
         )
 
 
+def _ortho_settings(cfg: DictConfig) -> dict:
+    """SORSA's regularizer as this run applies it (empty for other methods): mode, gamma, and the
+    coefficient of the reference mode (``sorsa_repro.training.ortho``)."""
+    if cfg.method.name != "sorsa":
+        return {}
+    mode = cfg.method.get("ortho_mode", "reference")
+    gamma = float(cfg.method.get("gamma", 0.0) or 0.0)
+    coef = reference_coefficient(gamma, float(cfg.method.lr), int(cfg.method.get("ortho_accumulation", 64)))
+    return {"mode": mode, "gamma": gamma, "coefficient": coef if mode == "reference" else None}
+
+
 def _fit_statistics(run_dir: Path, before: dict, attempt: dict, memory_scope: str) -> dict:
     """The train block after a fit: this attempt appended; steps and loss from metrics.csv, so an attempt
     that had nothing left to train (a kill during the export) keeps the statistics of the one that trained."""
@@ -321,6 +356,7 @@ def _protocol(cfg: DictConfig, data, total_steps: int, world: int) -> dict:
         "data_sha256": ident.get("content_sha256") or ident.get("sha256"),
         "max_length": cfg.data.max_length,
         "truncation": cfg.data.truncation,
+        "tokenization": cfg.data.get("tokenization", "separate"),
         "steps": total_steps,
         "sequences_per_step": cfg.train.batch_size * cfg.train.accumulate * world,
         "precision": cfg.train.precision,

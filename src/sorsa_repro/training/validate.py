@@ -21,7 +21,13 @@ from sorsa_repro.training.identity import config_hash
 PRECISIONS = {  # train.precision -> (dtype the model is loaded in, Lightning precision)
     "fp32": ("float32", "32-true"),
     "bf16-mixed": ("float32", "bf16-mixed"),
-    # bf16 weights and compute; Lightning must not cast the fp32 adapters, so it runs "32-true"
+    # the references' runs: the model loaded in fp32 (the SVD on the checkpoint's exact weights), the
+    # method's residual then cast to method.residual_dtype (SORSA, PiSSA: bf16), adapters and everything
+    # else fp32 (full FT: fp32 master weights), bf16 autocast, tf32. SORSA@809cca0 run.py:165-187 and
+    # scripts/train_sorsa.sh:12-13 (--mix-precision bf16 tf32); PiSSA@e2b128e train.py:154-157 + --bf16
+    "reference": ("float32", "bf16-mixed"),
+    # memory-saving option: bf16 weights and compute; Lightning must not cast the fp32 adapters, so it
+    # runs "32-true". AdamW on bf16 weights leaves most of them unchanged at lr 2e-5 (full FT crippled)
     "bf16-true": ("bfloat16", "32-true"),
 }
 
