@@ -236,12 +236,17 @@ def test_strategy_objects_from_the_trainer_configs(tiny_model_factory):
         if m is not model and wrap(module=m, recurse=False, nonwrapped_numel=0)
     ]
     assert units == [f"model.layers.{i}" for i in range(model.config.num_hidden_layers)]
-    # the paper's bf16 weights + fp32 adapters cannot share an FSDP unit: a clear error, not torch's
+    # bf16 weights (or a bf16 residual) + fp32 adapters cannot share an FSDP unit: a clear error, not torch's
     with pytest.raises(ValueError, match="bf16-mixed"):
-        strategy("experiment=paper_llama2_7b", "trainer=fsdp")
+        strategy("experiment=paper_llama2_7b", "trainer=fsdp", "train.precision=bf16-true")
+    with pytest.raises(ValueError, match="residual_dtype=float32"):
+        strategy("experiment=paper_llama2_7b", "trainer=fsdp")  # reference precision: a bf16 SORSA residual
+    assert isinstance(
+        strategy("experiment=paper_llama2_7b", "trainer=fsdp", "method.residual_dtype=float32"), FSDPStrategy
+    )
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):  # before any weight loads
         paper_fsdp = compose(config_name="train", overrides=["experiment=paper_llama2_7b", "trainer=fsdp"])
-    with pytest.raises(ValueError, match="bf16-mixed"):
+    with pytest.raises(ValueError, match="residual_dtype"):
         validate_config(paper_fsdp)
     assert isinstance(
         strategy("experiment=paper_llama2_7b", "trainer=fsdp", "train.precision=bf16-mixed"), FSDPStrategy

@@ -301,11 +301,11 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch, off
     calls = {"n": 0}
     original = HFBackend.generate
 
-    def interrupted(self, prompts, max_new_tokens):
+    def interrupted(self, prompts, max_new_tokens, stop=()):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(self, prompts, max_new_tokens)
+        return original(self, prompts, max_new_tokens, stop)
 
     monkeypatch.setattr(HFBackend, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):

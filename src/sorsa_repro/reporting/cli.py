@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sorsa_repro.layout import LOCAL_TABLES_DIR, PAPER_NUMBERS, REFERENCE_RUNS_DIR, RESULTS_DIR
 from sorsa_repro.reporting.aggregate import load_experiment
+from sorsa_repro.reporting.claims import scale_note, write_claims
 from sorsa_repro.reporting.figures import write_figures
 from sorsa_repro.reporting.protocol import ProtocolMismatchError
 from sorsa_repro.reporting.readme import write_readme
@@ -71,6 +72,7 @@ def run(command: str, args: ReportArgs) -> list[Path]:
     written = []
     if command in ("tables", "all"):
         written += write_tables(summary, reference, out_dir)
+        written.append(write_claims(summary, out_dir, scale_note(summary)))
     if command in ("plots", "all"):
         written += write_figures(summary, out_dir)
     if command == "analysis":

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from sorsa_repro.reporting.aggregate import Run, Summary, bench_name
+from sorsa_repro.reporting.claims import CLAIMS_FILE
 from sorsa_repro.reporting.figures import CAPTIONS
 from sorsa_repro.reporting.protocol import EVAL_KEYS, shared_protocol
 from sorsa_repro.reporting.reproducibility import VERDICT_FILE
@@ -164,11 +165,11 @@ def write_readme(
             "## Figures\n\n"
             + "\n".join(f"![{s}]({s}.png)\n\n*{CAPTIONS[s]}* ([PDF]({s}.pdf))\n" for s in figures)
         )
-    verdict = out_dir / VERDICT_FILE
-    if verdict.exists():  # sorsa-report verdict: your runs against the committed reference
-        parts.append(verdict.read_text().rstrip() + "\n")
+    for section in (CLAIMS_FILE, VERDICT_FILE):  # the paper's claims; your runs against the reference
+        if (out_dir / section).exists():
+            parts.append((out_dir / section).read_text().rstrip() + "\n")
     # outputs of other tools (sorsa-report analysis): shown, not described here
-    ours = {"README.md", "main_table.md", "rank_table.md", VERDICT_FILE}
+    ours = {"README.md", "main_table.md", "rank_table.md", VERDICT_FILE, CLAIMS_FILE}
     tables = [f"- [{n}]({n})\n" for n in sorted(p.name for p in out_dir.glob("*.md") if p.name not in ours)]
     others = [
         f"![{n}]({n})\n" for n in sorted(p.name for p in out_dir.glob("*.png") if p.stem not in CAPTIONS)

@@ -105,6 +105,17 @@ def build_strategy(cfg: DictConfig):
         return DDPStrategy(**kwargs)
     if name == "fsdp":
         bf16_adapters = cfg.method.name == "sorsa" and cfg.method.get("adapter_dtype") in ("bfloat16", "bf16")
+        if cfg.train.precision == "reference" and cfg.method.get("residual_dtype") not in (
+            None,
+            "float32",
+            "fp32",
+        ):
+            raise ValueError(
+                "trainer=fsdp with train.precision=reference stores the residual in "
+                f"{cfg.method.residual_dtype} beside fp32 adapters in one FSDP unit, which torch's FSDP cannot "
+                "flatten: use method.residual_dtype=float32 (the same forward under bf16 autocast, as PiSSA's "
+                "own code ran), train.precision=bf16-mixed, or trainer=ddp"
+            )
         if cfg.train.precision == "bf16-true" and not (cfg.method.name == "full" or bf16_adapters):
             # torch FSDP flattens a unit's parameters into one tensor of one dtype: bf16 frozen weights and
             # fp32 adapters (SORSA's factors, PEFT's autocast LoRA) cannot share a decoder-layer unit

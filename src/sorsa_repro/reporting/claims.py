@@ -1,0 +1,313 @@
+"""The paper's claims, checked on the run folders of one experiment, with a verdict each (``claims.md``).
+
+Statistics fixed before any result was seen (and written into claims.md):
+
+1. Convergence: per run, the mean training loss over the last quarter of its optimizer steps, and the
+   first step at which the loss is at most half its step-1 value (a run that never gets there counts as
+   its last step + 1). SORSA against PiSSA, LoRA and full FT; lower is the claim.
+2. Weight change in the SVD view (spectral.csv at each run's last recorded step, mean over the adapted
+   matrices): d_sigma_rel (mean |change of singular values| / mean singular value) and d_d (1 - mean
+   alignment of singular vectors). SORSA against LoRA, PiSSA and full FT; lower is the claim.
+3. The regularizer: each SORSA variant with gamma > 0 against SORSA with gamma = 0 (the ``gamma0``
+   variant): final orthonormal penalty (lower), last-quarter loss (lower), accuracy (higher).
+4. Accuracy (strict extraction, each benchmark's first grader): SORSA > PiSSA > full FT > LoRA, as
+   consecutive pairs; per method the pooled accuracy with a Wilson 95% interval.
+
+Every comparison pairs runs of the same seed (same data order, same evaluation problems): the paired
+difference A - B over seeds with a two-sided 95% Student-t interval (sample std, ddof=1). Verdict:
+**supported** when the interval lies entirely on the claimed side of zero, **contradicted** when entirely
+on the other, **inconclusive** otherwise, with fewer than 2 paired seeds, or for accuracies at a floor or
+ceiling (every run 0% or 100%). Accuracy rows also give an exact McNemar test on the same problems,
+pooled over seeds. Generated only from the run folders; deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sorsa_repro.reporting.aggregate import Run, Summary, method_name
+from sorsa_repro.results import atomic_write_text
+
+CLAIMS_FILE = "claims.md"
+# two-sided 95% Student-t quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df))
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+Z975 = 1.959964
+GAMMA0 = "variant=gamma0"
+
+
+def t_quantile(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (next tabulated df below)."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    known = [d for d in T975 if d <= df]
+    return T975[max(known)] if df <= 30 else Z975
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high) of the 95% t interval of the mean difference; None for fewer than 2 pairs."""
+    if len(diffs) < 2:
+        return None
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion k / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, z2 = k / n, Z975**2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z975 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts (binomial, p = 1/2)."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def verdict(interval: tuple[float, float, float] | None, lower_is_claim: bool) -> str:
+    if interval is None:
+        return "inconclusive (fewer than 2 paired seeds)"
+    _, low, high = interval
+    better, worse = (high < 0, low > 0) if lower_is_claim else (low > 0, high < 0)
+    return "**supported**" if better else "**contradicted**" if worse else "inconclusive (interval crosses 0)"
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def last_quarter_loss(run: Run) -> float | None:
+    m = run.metrics
+    if m is None or "loss" not in m or m["loss"].dropna().empty:
+        return None
+    loss = m.dropna(subset=["loss"]).sort_values("step")["loss"]
+    return float(loss.iloc[-max(1, len(loss) // 4) :].mean())
+
+
+def steps_to_half_loss(run: Run) -> float | None:
+    m = run.metrics
+    if m is None or "loss" not in m or m["loss"].dropna().empty:
+        return None
+    m = m.dropna(subset=["loss"]).sort_values("step")
+    reached = m[m["loss"] <= 0.5 * float(m["loss"].iloc[0])]
+    return float(reached["step"].iloc[0]) if len(reached) else float(m["step"].iloc[-1] + 1)
+
+
+def final_penalty(run: Run) -> float | None:
+    m = run.metrics
+    if m is None or "ortho_penalty" not in m or m["ortho_penalty"].dropna().empty:
+        return None
+    return float(m.dropna(subset=["ortho_penalty"]).sort_values("step")["ortho_penalty"].iloc[-1])
+
+
+def spectral_final(run: Run, column: str) -> float | None:
+    path = run.path / "spectral.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path)
+    if df.empty or column not in df:
+        return None
+    return float(df[df["step"] == df["step"].max()][column].mean())
+
+
+def outcomes(run: Run, bench: str, grader: str) -> dict[str, bool] | None:
+    """Problem id -> strict verdict of one grader, from predictions/<bench>.jsonl (the evaluated rows)."""
+    path = run.path / "predictions" / f"{bench}.jsonl"
+    n = run.result.get("eval", {}).get(bench, {}).get("n")
+    if not path.exists() or not n:
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:n]
+    return {r["id"]: bool(r["correct"].get(grader, {}).get("strict")) for r in rows}
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+
+@dataclass
+class Row:
+    claim: str
+    comparison: str
+    statistic: str
+    a: str
+    b: str
+    difference: str
+    seeds: int
+    verdict: str
+
+
+def _groups(summary: Summary) -> dict[str, dict[int, Run]]:
+    """Label -> seed -> run, for finished runs: "sorsa", "pissa", ..., "sorsa [variant=gamma0]"."""
+    ranks = [r.rank for r in summary.runs if r.rank]
+    main_rank = max(set(ranks), key=ranks.count) if ranks else 0
+    out: dict[str, dict[int, Run]] = {}
+    for run in summary.runs:
+        if run.result.get("train", {}).get("status") != "finished" or run.seed is None:
+            continue
+        if run.rank and run.rank != main_rank:
+            continue
+        label = run.method + (f" [{run.variant}]" if run.variant else "")
+        out.setdefault(label, {})[run.seed] = run
+    return out
+
+
+def _label(group: str) -> str:
+    method, _, variant = group.partition(" [")
+    return method_name(method) + (f" [{variant}" if variant else "")
+
+
+def _fmt(values: list[float], digits: int) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    sd = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{mean:.{digits}f}{sd}"
+
+
+def compare(groups, a: str, b: str, stat, name: str, claim: str, lower: bool, digits: int = 4) -> Row | None:
+    if a not in groups or b not in groups:
+        return None
+    seeds = sorted(set(groups[a]) & set(groups[b]))
+    pairs = [(stat(groups[a][s]), stat(groups[b][s])) for s in seeds]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    if not pairs:
+        return None
+    interval = paired_interval([x - y for x, y in pairs])
+    diff = (
+        "–"
+        if interval is None
+        else f"{interval[0]:+.{digits}f} [{interval[1]:+.{digits}f}, {interval[2]:+.{digits}f}]"
+    )
+    sign = "<" if lower else ">"
+    return Row(claim, f"{_label(a)} {sign} {_label(b)}", name, _fmt([x for x, _ in pairs], digits),
+               _fmt([y for _, y in pairs], digits), diff, len(pairs), verdict(interval, lower))  # fmt: skip
+
+
+def accuracy_rows(groups, summary: Summary, a: str, b: str, claim: str) -> list[Row]:
+    from sorsa_repro.evaluation.tasks import TASKS
+
+    rows = []
+    for bench in summary.benchmarks:
+        grader = TASKS[bench].graders[0] if bench in TASKS else summary.graders(bench)[0]
+        if a not in groups or b not in groups:
+            continue
+        seeds = sorted(set(groups[a]) & set(groups[b]))
+        per_seed = [
+            (outcomes(groups[a][s], bench, grader), outcomes(groups[b][s], bench, grader)) for s in seeds
+        ]
+        per_seed = [(x, y) for x, y in per_seed if x and y and set(x) == set(y)]
+        if not per_seed:
+            continue
+        diffs = [100 * (sum(x.values()) - sum(y.values())) / len(x) for x, y in per_seed]
+        a_only = sum(x[i] and not y[i] for x, y in per_seed for i in x)
+        b_only = sum(y[i] and not x[i] for x, y in per_seed for i in x)
+        p = mcnemar_p(a_only, b_only)
+
+        interval = paired_interval(diffs)
+        every = [v for pair in per_seed for side in pair for v in side.values()]
+        if all(every) or not any(every):
+            outcome = (
+                "inconclusive (floor: every answer wrong)" if not any(every) else "inconclusive (ceiling)"
+            )
+        else:
+            outcome = verdict(interval, lower_is_claim=False)
+        diff = "–" if interval is None else f"{interval[0]:+.1f} [{interval[1]:+.1f}, {interval[2]:+.1f}] pp"
+        rows.append(Row(claim, f"{_label(a)} > {_label(b)}", f"{bench} accuracy ({grader}, strict); McNemar "
+                        f"p = {p:.3f} ({a_only} vs {b_only} discordant)", _pooled(per_seed, 0), _pooled(per_seed, 1), diff,
+                        len(per_seed), outcome))  # fmt: skip
+    return rows
+
+
+def _pooled(per_seed: list[tuple[dict, dict]], side: int) -> str:
+    """Accuracy over every (seed, problem) of one side, with its Wilson 95% interval."""
+    k = sum(sum(pair[side].values()) for pair in per_seed)
+    n = sum(len(pair[side]) for pair in per_seed)
+    low, high = wilson(k, n)
+    return f"{100 * k / n:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({k}/{n})"
+
+
+def claim_rows(summary: Summary) -> list[Row]:
+    g = _groups(summary)
+    rows: list[Row | None] = []
+    for other in ("pissa", "lora", "full"):
+        rows.append(
+            compare(g, "sorsa", other, last_quarter_loss, "mean loss, last quarter of steps", "1", True)
+        )
+        rows.append(
+            compare(g, "sorsa", other, steps_to_half_loss, "steps to half the step-1 loss", "1", True, 1)
+        )
+    for other in ("lora", "pissa", "full"):
+        for column, name in (("d_sigma_rel", "ΔΣ relative"), ("d_d", "ΔD")):
+            rows.append(
+                compare(g, "sorsa", other, lambda r, c=column: spectral_final(r, c), name, "2", True, 5)
+            )
+    for variant in sorted(k for k in g if k.startswith("sorsa") and GAMMA0 not in k):
+        gamma0 = f"sorsa [{GAMMA0}]"
+        rows.append(compare(g, variant, gamma0, final_penalty, "final orthonormal penalty", "3", True, 5))
+        rows.append(
+            compare(g, variant, gamma0, last_quarter_loss, "mean loss, last quarter of steps", "3", True)
+        )
+        rows += accuracy_rows(g, summary, variant, gamma0, "3")
+    for a, b in (("sorsa", "pissa"), ("pissa", "full"), ("full", "lora")):
+        rows += accuracy_rows(g, summary, a, b, "4")
+    return [r for r in rows if r is not None]
+
+
+CLAIM_TEXT = {
+    "1": "SORSA's training loss falls faster than PiSSA's and LoRA's (full FT the other reference)",
+    "2": "SORSA changes the pretrained singular values and vectors less than LoRA, PiSSA and full FT",
+    "3": "the orthonormal regularizer keeps U, V near-orthonormal and helps (gamma > 0 vs gamma = 0)",
+    "4": "accuracy: SORSA > PiSSA > full FT > LoRA on GSM8K and MATH",
+}
+
+
+def to_markdown(summary: Summary, rows: list[Row], caveat: str) -> str:
+    header = [
+        f"## The paper's claims at this scale ({summary.experiment})\n",
+        f"*{caveat}*\n",
+        "Statistics fixed in advance (`sorsa_repro/reporting/claims.py`): convergence = mean loss over the last "
+        "quarter of steps and steps to half the step-1 loss; weight change = ΔΣ relative and ΔD at the last "
+        "recorded step, mean over adapted matrices; regularizer = final penalty, last-quarter loss and accuracy "
+        "against SORSA with gamma = 0; accuracy = strict, each benchmark's first grader, Wilson 95% interval "
+        "pooled over seeds. A and B: mean ± sample std over seeds. Differences A − B are paired by seed, with "
+        "a 95% Student-t interval. Verdicts: supported / contradicted when the interval excludes 0, else "
+        "inconclusive.\n",
+        "| claim | comparison | statistic | A | B | A − B [95% CI] | seeds | verdict |",
+        "|:--|:--|:--|--:|--:|--:|--:|:--|",
+    ]
+    body = [f"| {r.claim} | {r.comparison} | {r.statistic} | {r.a} | {r.b} | {r.difference} | {r.seeds} | "
+            f"{r.verdict} |" for r in rows]  # fmt: skip
+    claims = [f"{k}. {v}" for k, v in CLAIM_TEXT.items()]
+    missing = [k for k in CLAIM_TEXT if not any(r.claim == k for r in rows)]
+    notes = [f"\nNo runs to test claim {', '.join(missing)} in this experiment."] if missing else []
+    return "\n".join([*header, *body, "", "Claims (arXiv 2409.00055):", "", *claims, *notes]) + "\n"
+
+
+DEFAULT_NOTE = (
+    "A check at this experiment's scale: what holds here need not hold for Llama-2-7B on MetaMathQA, and "
+    "the other way round."
+)
+
+
+def scale_note(summary: Summary) -> str:
+    """The experiment's own caveat (``scale_note`` in its config), else a general one."""
+    notes = [r.config.get("scale_note") for r in summary.runs if r.config.get("scale_note")]
+    return notes[0] if notes else DEFAULT_NOTE
+
+
+def write_claims(summary: Summary, out_dir: str | Path, caveat: str) -> Path:
+    path = Path(out_dir) / CLAIMS_FILE
+    atomic_write_text(path, to_markdown(summary, claim_rows(summary), caveat))
+    return path
