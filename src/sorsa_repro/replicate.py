@@ -27,12 +27,12 @@ from sorsa_repro.layout import (
 )
 from sorsa_repro.results import atomic_write_json
 
-# scale -> experiment config, seeds of the paper_table sweep
+# scale -> experiment config, sweep (conf/sweep/), seeds
 SCALES = {
-    "smoke": {"experiment": "smoke", "seeds": "0"},
-    "mini": {"experiment": "mini", "seeds": "0"},
-    "small": {"experiment": "small", "seeds": "0,1"},
-    "paper": {"experiment": "paper_llama2_7b", "seeds": "42"},
+    "smoke": {"experiment": "smoke", "sweep": "claims", "seeds": "0"},
+    "mini": {"experiment": "mini", "sweep": "claims", "seeds": "0,1,2"},
+    "small": {"experiment": "small", "sweep": "claims", "seeds": "0,1,2"},
+    "paper": {"experiment": "paper_llama2_7b", "sweep": "paper_table", "seeds": "42"},
 }
 KEYS = ("scale", "seeds", "results_dir", "out_dir", "reference_runs", "update_reference")
 
@@ -48,7 +48,7 @@ def stages(scale: str, seeds: str | None, overrides: list[str], dirs: dict, verd
         f"out_dir={dirs['out']}",
         f"seeds={seeds}",
     ]
-    sweep = [py, "-m", "sorsa_repro.train", "+sweep=paper_table", f"experiment={exp}", f"seed={seeds}"]
+    sweep = [py, "-m", "sorsa_repro.train", f"+sweep={spec['sweep']}", f"experiment={exp}", f"seed={seeds}"]
     steps = [
         ("sweep: train + evaluate", [*sweep, f"results_dir={dirs['results']}", *overrides]),
         ("tables + plots", [py, "-m", "sorsa_repro.reporting.cli", "all", *report]),

@@ -32,6 +32,24 @@ def _rng_guard():
     return torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [])
 
 
+_PRETRAINED: dict[tuple, dict[str, SVD]] = {}  # per process: a sweep's runs share their base model's SVDs
+
+
+def pretrained_svds(
+    key: tuple, model: torch.nn.Module, names: Iterable[str], dtype=torch.float32
+) -> dict[str, SVD]:
+    """SVDs of the named Linear weights of a (not yet adapted) base model, computed once per ``key`` in a
+    process (e.g. model name and dtype): every run of a sweep compares with the same pretrained weights,
+    and the SVDs are not recomputed for each of them."""
+    names = list(names)
+    cached = _PRETRAINED.setdefault(key, {})
+    with torch.no_grad(), _rng_guard():
+        for name in names:
+            if name not in cached:
+                cached[name] = svd(model.get_submodule(name).weight.detach(), dtype).to("cpu")
+    return {name: cached[name] for name in names}
+
+
 class SpectralCallback(Callback):
     """Every ``every_n_steps`` optimizer steps and at the end of training, compare each adapted layer's
     effective weight with its pretrained one (captured at fit start, before any step) and rewrite
@@ -57,10 +75,15 @@ class SpectralCallback(Callback):
         weights_fn: WeightsFn | None = None,
         dtype: torch.dtype = torch.float32,
         device: str = "cpu",
+        layer_stride: int = 1,
+        pretrained: dict[str, SVD] | None = None,
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError("every_n_steps must be >= 1")
+        if every_n_steps < 1 or layer_stride < 1:
+            raise ValueError("every_n_steps and layer_stride must be >= 1")
         self.every_n_steps, self.k, self.eps = every_n_steps, k, tuple(eps)
+        # layer_stride: only blocks whose number is a multiple of it (a systematic sample of the depth);
+        # pretrained: SVDs of the pretrained weights (pretrained_svds), instead of the weights at fit start
+        self.layer_stride, self.pretrained = layer_stride, pretrained
         self.target_modules = set(target_modules) if target_modules is not None else None
         self.path, self.weights_fn, self.dtype, self.device = path, weights_fn, dtype, device
         self._svd0: dict[str, SVD] = {}
@@ -81,11 +104,12 @@ class SpectralCallback(Callback):
         inner = getattr(pl_module, "model", None)
         model = inner if isinstance(inner, torch.nn.Module) else pl_module
         with whole_model(model, fsdp_root(trainer)) as whole, torch.no_grad(), _rng_guard():
-            yield (
-                (name, w)
-                for name, w in fn(whole)
-                if self.target_modules is None or parse_layer_name(name)[1] in self.target_modules
-            )
+            yield ((name, w) for name, w in fn(whole) if self.selected(name))
+
+    def selected(self, name: str) -> bool:
+        layer, module = parse_layer_name(name)
+        in_stride = layer is None or layer % self.layer_stride == 0
+        return in_stride and (self.target_modules is None or module in self.target_modules)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._path = Path(self.path or Path(trainer.default_root_dir) / "spectral.csv")
@@ -100,7 +124,10 @@ class SpectralCallback(Callback):
             if not trainer.is_global_zero:
                 return
             for name, w in weights:
-                self._svd0[name] = svd(w.detach().to(self.device), self.dtype).to("cpu")
+                if self.pretrained is not None and name in self.pretrained:
+                    self._svd0[name] = self.pretrained[name]
+                else:
+                    self._svd0[name] = svd(w.detach().to(self.device), self.dtype).to("cpu")
         if not self._svd0:
             warnings.warn("SpectralCallback: no adapted layers found; not recording", stacklevel=2)
 

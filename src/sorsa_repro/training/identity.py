@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 IDENTITY_SECTIONS = ("model", "method", "data", "train", "trainer")
 # config parts that do not change what is trained
 NON_IDENTITY = {
-    "train": {"checkpoint_every", "save_adapter", "export_merged", "spectral_every"},
+    "train": {"checkpoint_every", "save_adapter", "export_merged", "spectral_every", "spectral_layer_stride"},
     "trainer": {"num_workers"},
 }
 HASH_CHARS = 8  # in folder names; result.json keeps 16

@@ -177,6 +177,7 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
     memory_scope = reset_peak_memory()
     started = time.perf_counter()
     model, _ = load_base_model(cfg.model.name, dtype=model_dtype, seed=cfg.seed)
+    pretrained = _pretrained_spectra(cfg, model, model_dtype)
     model = apply_method(model, method)
     residual_dtype = cfg.method.get("residual_dtype")
     if cfg.train.precision == "reference" and residual_dtype:
@@ -241,7 +242,7 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
         max_steps=run.total_steps,
         max_epochs=-1,
         accumulate_grad_batches=cfg.train.accumulate,
-        callbacks=_callbacks(cfg, run_dir),
+        callbacks=_callbacks(cfg, run_dir, pretrained),
         logger=loggers or False,
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
@@ -259,7 +260,9 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
     fit_s = time.perf_counter() - started
     if trainer.global_step < run.total_steps:
         raise RuntimeError(f"training stopped at step {trainer.global_step} of {run.total_steps}")
-    trainer.save_checkpoint(ckpt)  # a kill during the export below resumes here, with nothing to train
+    saved = getattr(trainer.checkpoint_callback, "_last_global_step_saved", None)
+    if saved != trainer.global_step or not ckpt.exists():  # (a full-FT checkpoint is GBs: write it once)
+        trainer.save_checkpoint(ckpt)  # a kill during the export below resumes here, with nothing to train
     attempt = {
         "start_step": trainer.global_step if module.start_step is None else module.start_step,
         "end_step": trainer.global_step,
@@ -370,7 +373,26 @@ def _model_identity(cfg: DictConfig, dtype: str) -> dict:
     return {"name": cfg.model.name, "dtype": dtype}
 
 
-def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
+def _pretrained_spectra(cfg: DictConfig, model, dtype: str) -> dict | None:
+    """SVDs of the pretrained target matrices the spectral callback compares with (once per sweep)."""
+    if not cfg.train.spectral_every or not is_global_zero():
+        return None
+    from sorsa_repro.analysis.callback import pretrained_svds
+    from sorsa_repro.analysis.spectral import parse_layer_name
+    from sorsa_repro.methods import find_targets
+
+    stride = int(cfg.train.get("spectral_layer_stride", 1))
+    names = [
+        n
+        for n in find_targets(model, cfg.method.target_modules)
+        if (parse_layer_name(n)[0] or 0) % stride == 0
+    ]
+    return pretrained_svds(
+        (cfg.model.name, dtype, cfg.seed if cfg.model.name == "tiny-random" else 0), model, names
+    )
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -> list:
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
     callbacks = [
@@ -391,6 +413,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list:
                 every_n_steps=cfg.train.spectral_every,
                 path=run_dir / "spectral.csv",
                 target_modules=list(cfg.method.target_modules),
+                layer_stride=int(cfg.train.get("spectral_layer_stride", 1)),
+                pretrained=pretrained,
             )
         )
     return callbacks
