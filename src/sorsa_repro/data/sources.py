@@ -320,6 +320,9 @@ def data_identity(
     root = _data_dir(data_dir)
     if root is not None:
         path = _local_file(root, name, split)
-        return {**ident, "source": "local", "path": str(path.resolve()), "file_sha256": _sha256(path)}
+        # where it lies relative to the data folder, which is named as configured (no machine's own path)
+        folder = f"${ENV_VAR}" if data_dir is None else str(data_dir)
+        file = f"{folder}/{path.relative_to(root).as_posix()}"
+        return {**ident, "source": "local", "path": file, "file_sha256": _sha256(path)}
     configs = list(config) if isinstance(config, tuple) else config
     return {**ident, "source": "hub", "hub_id": hub_id, "hub_config": configs, "hub_split": hub_split}

@@ -69,7 +69,7 @@ class EvalConfig:
     )
     out_dir: str | None = None  # for model=: where to write; default results/eval/<model name>/
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
-    limit: int | None = None  # first N problems of each benchmark; None = all
+    limit: int | dict | None = None  # first N problems: one int for all, or per benchmark; None = all
     # stop strings and token budgets of a reference's evaluation (evaluation/tasks.py): sorsa-v1 |
     # metamath-v1 | wizardmath-v1
     generation: str = DEFAULT_GENERATION
@@ -112,8 +112,10 @@ class EvalConfig:
         for name in ("batch_size", "chunk_size", "tensor_parallel_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
+        for benchmark in self.benchmarks:
+            limit = self.limit_for(benchmark)
+            if limit is not None and (not isinstance(limit, int) or limit < 1):
+                raise ValueError(f"limit must be >= 1 or null, got {limit} for {benchmark}")
         protocol = generation_protocol(self.generation)
         if isinstance(self.max_new_tokens, Mapping):  # the protocol's for the benchmarks it leaves out
             self.max_new_tokens = {**protocol.max_new_tokens, **self.max_new_tokens}
@@ -140,6 +142,9 @@ class EvalConfig:
         if self.chunk_size is not None:
             return self.chunk_size
         return VLLM_CHUNK_SIZE if backend == "vllm" else 4 * self.batch_size
+
+    def limit_for(self, benchmark: str) -> int | None:
+        return dict(self.limit).get(benchmark) if isinstance(self.limit, Mapping) else self.limit
 
     def max_new_tokens_for(self, benchmark: str) -> int:
         if isinstance(self.max_new_tokens, int):
@@ -397,7 +402,7 @@ def _evaluate_benchmark(
     done = [r for r in rows if r is not None]
     summary = {
         **summarise(benchmark, done),
-        "limit": cfg.limit,
+        "limit": cfg.limit_for(benchmark),
         "max_new_tokens": max_new,
         "generation_protocol": cfg.generation,
         "stop": list(cfg.stop),
@@ -406,7 +411,7 @@ def _evaluate_benchmark(
         "prompt_version": PROMPT_VERSION,
         "model": model_name,
         "n_generated": len(todo),
-        "data": data_identity(benchmark, "test", cfg.limit, cfg.data_dir, cfg.seed, examples),
+        "data": data_identity(benchmark, "test", cfg.limit_for(benchmark), cfg.data_dir, cfg.seed, examples),
         "provenance": {**git_state(), "packages": package_versions()},
     }
     # generation timings add up over calls (an interrupted evaluation finished later counts both parts);
@@ -445,7 +450,7 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
         )
     # what can fail without a model (a missing export, missing data) fails here and writes nothing
     model_ref, out_dir = resolve_target(cfg, backend_name, have_model=model is not None)
-    examples = {b: load_eval_examples(b, cfg.limit, cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
+    examples = {b: load_eval_examples(b, cfg.limit_for(b), cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
     logger.info("evaluating %s with %s into %s", model_ref or "the given model", backend_name, out_dir)
     run_folder = cfg.run is not None
     # a run folder: one process at a time, and the evaluation's own status recorded (never the training's)

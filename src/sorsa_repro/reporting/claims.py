@@ -83,7 +83,9 @@ def verdict(interval: tuple[float, float, float] | None, lower_is_claim: bool) -
         return "inconclusive (fewer than 2 paired seeds)"
     _, low, high = interval
     better, worse = (high < 0, low > 0) if lower_is_claim else (low > 0, high < 0)
-    return "**supported**" if better else "**contradicted**" if worse else "inconclusive (interval includes 0)"
+    return (
+        "**supported**" if better else "**contradicted**" if worse else "inconclusive (interval includes 0)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- statistics

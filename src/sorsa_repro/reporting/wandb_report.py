@@ -6,7 +6,8 @@ Online only: needs a W&B API key (``WANDB_API_KEY`` or ``wandb login``) and ``WA
 offline/disabled. Offline it touches no network: it prints what it needs and points at the local
 report, paper_tables/<experiment>/README.md, and exits 0.
 
-The report holds the accuracy table (from result.json, as in main_table.md), loss curves of all
+The report holds the accuracy table (from result.json, as in main_table.md), the claims table (as in
+claims.md), loss curves of all
 methods (grouped by method: mean and min-max over seeds) and of each method's seeds, and a run
 comparer showing config differences. W&B key names are arguments; the defaults match Lightning's
 WandbLogger (``trainer/global_step``) and the metric names below.
@@ -21,7 +22,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR
 from sorsa_repro.reporting.aggregate import METHOD_ORDER, Summary, load_experiment, method_name, ordered
+from sorsa_repro.reporting.claims import claim_rows, scale_note
+from sorsa_repro.reporting.claims import to_markdown as claims_markdown
 from sorsa_repro.reporting.reference import load_reference
 from sorsa_repro.reporting.tables import accuracy_table, to_markdown
 
@@ -31,8 +35,8 @@ class WandbArgs:
     experiment: str = ""
     entity: str = ""  # default: $WANDB_ENTITY, else the runs' logger config
     project: str = ""  # default: $WANDB_PROJECT, else the runs' logger config
-    results_dir: str = "results"
-    out_dir: str = "paper_tables"
+    results_dir: str = RESULTS_DIR
+    out_dir: str = LOCAL_TABLES_DIR
     experiment_key: str = "experiment_name"  # W&B config key holding the experiment name (conf/train.yaml)
     method_key: str = "method.name"  # W&B config key holding the method name
     x_key: str = "trainer/global_step"
@@ -117,6 +121,8 @@ def build_report(summary: Summary, args: WandbArgs, reference: dict | None = Non
         ),
         wr.H2(text="Accuracy"),
         wr.MarkdownBlock(text=to_markdown(table)),
+        wr.H2(text="The paper's claims"),
+        wr.MarkdownBlock(text=claims_markdown(summary, claim_rows(summary), scale_note(summary))),
         wr.H2(text="Training loss, all methods"),
         wr.PanelGrid(
             runsets=[runset(exp, groupby=by_method)],
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         import wandb
 
         args.entity = wandb.Api().default_entity  # the API key's user
-    report = build_report(summary, args, load_reference(Path(args.out_dir) / "reference.yaml")).save()
+    report = build_report(summary, args, load_reference()).save()
     print(f"W&B report: {report.url}")
     return 0
 
