@@ -159,6 +159,9 @@ def test_collator_pads_right_and_masks_padding(tokenizer):
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (max(lens) - n)
         assert (batch["input_ids"][i, n:] == pad).all() and (batch["labels"][i, n:] == IGNORE_INDEX).all()
     assert PadCollator(0, pad_to_multiple_of=64)(feats)["input_ids"].shape[1] % 64 == 0
+    # counted on the host (training reads them without waiting on the device)
+    assert batch["n_tokens"] == int(batch["attention_mask"].sum())
+    assert batch["n_label_tokens"] == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def test_joint_and_separate_truncation():
@@ -359,7 +362,8 @@ def test_datamodule_shuffling_is_deterministic_per_seed(tokenizer):
     assert first == _order(b) and first == _order(a)  # same seed, and the same again on a second call
     assert first != _order(c)
     batch = next(iter(a.train_dataloader()))
-    assert set(batch) == {"input_ids", "labels", "attention_mask"} and batch["input_ids"].shape[0] == 8
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "n_tokens", "n_label_tokens"}
+    assert batch["input_ids"].shape[0] == 8
     assert ((batch["labels"] != IGNORE_INDEX) <= (batch["attention_mask"] == 1)).all()
     assert a.identity()["rows"] == 48 and a.identity()["source"] == "synthetic"
 

@@ -63,7 +63,7 @@ def overrides(tmp_path: Path, method: str, batch_size: int, *extra: str) -> list
         "data.limit=16",
         "data.max_length=128",
         f"train.batch_size={batch_size}",
-        "train.accumulate=2",
+        "train.global_batch_size=8",  # 2 per rank x 2 ranks x 2 accumulation = 4 x 1 process x 2
         "train.max_steps=3",
         "train.checkpoint_every=100",
         "train.save_adapter=false",

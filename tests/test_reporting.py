@@ -358,7 +358,9 @@ def test_wandb_report_blocks_are_built_without_network(tmp_path, no_network):
     assert isinstance(grids[3].panels[0], wr.RunComparer)
     table, claims = [b for b in report.blocks if isinstance(b, wr.MarkdownBlock)]
     assert "| SORSA  | 8 |   1.0K |     1 |      50.00 ± – |" in table.text
-    assert "## The paper's claims at this scale (exp)" in claims.text and "| 1 | SORSA < LoRA |" in claims.text
+    assert (
+        "## The paper's claims at this scale (exp)" in claims.text and "| 1 | SORSA < LoRA |" in claims.text
+    )
 
 
 # ---------------------------------------------------------------------------------------------- verdict

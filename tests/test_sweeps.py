@@ -22,7 +22,7 @@ TINY = [
     "data.limit=16",
     "data.max_length=128",
     "train.batch_size=2",
-    "train.accumulate=2",
+    "train.global_batch_size=4",
     "train.max_steps=2",
     "train.spectral_every=0",
 ]

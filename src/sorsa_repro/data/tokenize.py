@@ -137,7 +137,8 @@ def encode_example(tokenizer, query: str, response: str, max_length: int, trunca
 
 
 class PadCollator:
-    """Right-pads a batch: input_ids with the pad id, labels with -100, attention_mask 0 on padding."""
+    """Right-pads a batch: input_ids with the pad id, labels with -100, attention_mask 0 on padding; adds
+    ``n_tokens`` and ``n_label_tokens`` (python ints: tokens, and tokens with a loss, of the batch)."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id
@@ -157,4 +158,7 @@ class PadCollator:
             batch["input_ids"][i, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
             batch["labels"][i, :n] = torch.tensor(f["labels"], dtype=torch.long)
             batch["attention_mask"][i, :n] = 1
+        # counted here, on the host, so that training never waits on the device to read them
+        batch["n_tokens"] = sum(len(f["input_ids"]) for f in features)
+        batch["n_label_tokens"] = sum(sum(t != IGNORE_INDEX for t in f["labels"][1:]) for f in features)
         return batch

@@ -35,4 +35,17 @@ def _run_id(*, _root_: DictConfig) -> str:
     return config_hash(_root_, HASH_CHARS)
 
 
+def accumulation(global_batch: int, batch_size: int, devices, nodes=1) -> int:
+    """Micro-batches per optimizer step that make ``global_batch`` sequences on devices x nodes processes."""
+    world = (devices if isinstance(devices, int) else 1) * int(nodes)
+    per_round = int(batch_size) * world
+    if int(global_batch) < 1 or per_round < 1 or int(global_batch) % per_round:
+        raise ValueError(
+            f"train.global_batch_size={global_batch} is not a multiple of train.batch_size x devices x nodes = "
+            f"{batch_size} x {world}: change the micro-batch (train.batch_size) or the devices"
+        )
+    return int(global_batch) // per_round
+
+
 OmegaConf.register_new_resolver("run_id", _run_id, replace=True)
+OmegaConf.register_new_resolver("accumulation", accumulation, replace=True)

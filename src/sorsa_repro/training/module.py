@@ -12,7 +12,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from sorsa_repro.data.tokenize import IGNORE_INDEX
-from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
+from sorsa_repro.methods.sorsa import orthonormal_penalty, penalty_and_grads, sorsa_factors, sorsa_layers
 from sorsa_repro.training.distributed import clean_name, fsdp_root
 
 ORTHO_MODES = ("reference", "decoupled", "loss")
@@ -58,6 +58,7 @@ class FineTuneModule(L.LightningModule):
         self.sorsa = bool(sorsa_layers(model))
         self.strict_loading = False  # checkpoints hold only the trainable parameters
         self.last_metrics: dict = {"step": 0}
+        self._step_penalty = None  # L_orth computed during this optimizer step (logged, not recomputed)
         self.start_step: int | None = None  # set when a fit starts (None: it had nothing left to train)
         self._reset_window()
 
@@ -65,29 +66,41 @@ class FineTuneModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self._window["n"] == 0:
             self._window["start"] = time.perf_counter()
-        if batch["labels"][:, 1:].ne(IGNORE_INDEX).any():
+        # counts the collator took on the host: reading them from device tensors would sync every micro-batch
+        n_tokens, n_labels = batch.pop("n_tokens", None), batch.pop("n_label_tokens", None)
+        if n_labels is None:  # a batch from elsewhere (tests, benchmarks)
+            n_labels = int(batch["labels"][:, 1:].ne(IGNORE_INDEX).sum())
+        if n_labels:
             loss = self.model(**batch).loss
         else:  # only prompts too long to leave a response token (long_prompts=keep): nothing to learn
             loss = self.model(**batch).logits.sum() * 0.0
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at optimizer step {self.global_step + 1}; "
-                "the last checkpoint is kept. Lower the learning rate or use fp32/bf16-mixed precision."
-            )
-        self._window["loss"] += float(loss.detach())
+        self._window["loss"] = self._window["loss"] + loss.detach()  # on the device; read once per step
         self._window["n"] += 1
-        self._window["tokens"] += int(batch["attention_mask"].sum())
+        self._window["tokens"] += int(batch["attention_mask"].sum()) if n_tokens is None else n_tokens
         if self.sorsa and self.ortho_mode == "loss" and self.gamma and self._fsdp_root() is None:
-            loss = loss + self.gamma * orthonormal_penalty(self.model)
+            penalty = orthonormal_penalty(self.model)
+            self._step_penalty = penalty.detach()
+            loss = loss + self.gamma * penalty
         return loss
 
+    def _check_finite_loss(self) -> None:
+        """Before the optimizer step: a non-finite loss in any micro-batch of the window stops training, so
+        that no NaN reaches the weights (the last checkpoint is kept)."""
+        loss = self._window["loss"]
+        if torch.is_tensor(loss) and not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss at optimizer step {self.global_step + 1}; the last checkpoint is kept. "
+                "Lower the learning rate or use fp32/bf16-mixed precision."
+            )
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self._check_finite_loss()
         max_norm = self.grad_clip if self.grad_clip else math.inf
         if self.sorsa and self.ortho_mode == "loss" and self.gamma and self._fsdp_root() is not None:
             # FSDP: the factors are sharded outside forward, so training_step cannot add gamma * L_orth to the
             # loss; its gradient enters here instead, before clipping, as the loss would have put it there
-            for param, grad in zip(*self._penalty_grads(), strict=True):
-                param.grad.add_(grad, alpha=self.gamma)
+            params, grads = self._penalty_grads()
+            torch._foreach_add_([p.grad for p in params], grads, alpha=self.gamma)
         self._window["grad_norm"] = float(self._clip_grad_norm(max_norm))
         self._window["lr"] = optimizer.param_groups[0]["lr"]
         if self.sorsa and self.ortho_mode == "reference" and self.ortho_coef:
@@ -109,8 +122,8 @@ class FineTuneModule(L.LightningModule):
 
     def add_reference_penalty_grad(self):
         """grad += ortho_coef * dL_orth: unclipped, then through AdamW with the task gradient."""
-        for param, grad in zip(*self._penalty_grads(), strict=True):
-            param.grad.add_(grad, alpha=self.ortho_coef)
+        params, grads = self._penalty_grads()
+        torch._foreach_add_([p.grad for p in params], grads, alpha=self.ortho_coef)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
@@ -121,34 +134,42 @@ class FineTuneModule(L.LightningModule):
     @torch.no_grad()
     def decoupled_penalty_step(self):
         """W <- W - gamma * dL_orth/dW after the optimizer step (the paper's equation, constant gamma)."""
-        for param, grad in zip(*self._penalty_grads(), strict=True):
-            param.sub_(grad, alpha=self.gamma)
+        params, grads = self._penalty_grads()
+        torch._foreach_add_(params, grads, alpha=-self.gamma)
 
     def _penalty_grads(self):
-        """(factors, dL_orth/dfactor): every rank gets the same values, so DDP ranks stay in sync."""
+        """(factors, dL_orth/dfactor) in one batched pass (``penalty_and_grads``), whose L_orth is the value
+        this step logs. Every rank gets the same values, so DDP ranks stay in sync."""
         root = self._fsdp_root()
         if root is not None:
-            return self._sharded_penalty(root, with_grads=True)[1:]
-        factors = [p for layer in sorsa_layers(self.model).values() for p in (layer.sorsa_U, layer.sorsa_Vt)]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(orthonormal_penalty(self.model), factors)
-        return factors, grads
+            value, params, grads = self._sharded_penalty(root)
+        else:
+            params, transposed = sorsa_factors(self.model)
+            value, grads = penalty_and_grads(params, transposed)
+        self._step_penalty = value
+        return params, grads
 
     def _penalty_value(self) -> float:
+        """L_orth of this optimizer step: the value its regularizer computed, or (no regularizer step, e.g.
+        gamma = 0) the penalty of the current factors."""
+        if self._step_penalty is not None:
+            value, self._step_penalty = float(self._step_penalty), None
+            return value
         root = self._fsdp_root()
         if root is not None:
-            return float(self._sharded_penalty(root, with_grads=False)[0])
-        return float(orthonormal_penalty(self.model).detach())
+            return float(self._sharded_penalty(root)[0])
+        with torch.no_grad():
+            return float(orthonormal_penalty(self.model))
 
     @torch.no_grad()
-    def _sharded_penalty(self, root, with_grads: bool):
+    def _sharded_penalty(self, root):
         """L_orth and its gradient for this rank's shards, under FSDP with ``use_orig_params=True``.
 
         There each factor is a 1-D view of this rank's piece of the flattened factor, and the pieces of the
         ranks of the shard group, in rank order, make up the whole. The penalty needs whole factors (U^T U
-        sums over all rows), so each factor is gathered in turn (one at a time: memory stays one factor),
-        its term ||U^T U - I||_F or ||Vt Vt^T - I||_F computed as ``orthonormal_penalty`` does, and this
-        rank keeps its slice of the term's gradient. Returns (penalty, local factors, local gradients).
+        sums over all rows): every factor is gathered, the penalty and its gradient computed on the whole
+        factors by ``penalty_and_grads`` (the same code as without FSDP), and this rank keeps its slice of
+        each gradient. Memory: the adapters once more, whole. Returns (penalty, local factors, gradients).
         """
         import torch.distributed as dist
 
@@ -160,25 +181,22 @@ class FineTuneModule(L.LightningModule):
         sizes = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(sizes, local, group=group)
         sizes = torch.stack(sizes).tolist()  # [rank][factor]
-        total, params, grads = 0.0, [], []
-        for i, (param, shape, transposed) in enumerate(factors):
+        fulls = []
+        for i, (param, shape, _) in enumerate(factors):
             counts = [sizes[r][i] for r in range(world)]
             piece = param.detach().reshape(-1).new_zeros(max(counts))
             piece[: counts[rank]] = param.detach().reshape(-1)
             pieces = [torch.empty_like(piece) for _ in range(world)]
             dist.all_gather(pieces, piece, group=group)
-            full = torch.cat([p[:n] for p, n in zip(pieces, counts, strict=True)]).view(shape).float()
-            with torch.enable_grad():
-                full.requires_grad_(with_grads)
-                x = full.T if transposed else full  # out x r (U) or in x r (Vt^T): the term is ||x^T x - I||
-                term = torch.linalg.matrix_norm(x.T @ x - torch.eye(x.shape[1], device=x.device))
-            total += float(term)
-            if with_grads and counts[rank]:
-                start = sum(counts[:rank])
-                (grad,) = torch.autograd.grad(term, full)
+            fulls.append(torch.cat([p[:n] for p, n in zip(pieces, counts, strict=True)]).view(shape))
+        value, full_grads = penalty_and_grads(fulls, [t for _, _, t in factors])
+        params, grads = [], []
+        for i, ((param, _, _), grad) in enumerate(zip(factors, full_grads, strict=True)):
+            if sizes[rank][i]:
+                start = sum(sizes[r][i] for r in range(rank))
                 params.append(param)
-                grads.append(grad.reshape(-1)[start : start + counts[rank]].to(param.dtype) / len(factors))
-        return total / len(factors), params, grads
+                grads.append(grad.reshape(-1)[start : start + sizes[rank][i]].to(param.dtype))
+        return value, params, grads
 
     @staticmethod
     def _factors(layer):
@@ -192,7 +210,9 @@ class FineTuneModule(L.LightningModule):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = self.trainable_parameters()
+        fused = all(p.is_cuda for p in params)  # one kernel for all parameters on GPUs; CPU keeps foreach
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
         warmup = math.ceil(self.warmup_ratio * self.total_steps)
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -212,7 +232,7 @@ class FineTuneModule(L.LightningModule):
         """Metrics of the optimizer step just taken; written before any checkpoint of this step."""
         step = self.last_metrics["step"] + 1
         elapsed = time.perf_counter() - self._window["start"]
-        loss, tokens = self._window["loss"] / max(self._window["n"], 1), self._window["tokens"]
+        loss, tokens = float(self._window["loss"]) / max(self._window["n"], 1), self._window["tokens"]
         if self._trainer is not None and self.trainer.world_size > 1:
             # the mean over ranks of their micro-batch losses, as one process with the global batch logs
             # it; tokens summed: the throughput of the whole job

@@ -43,7 +43,13 @@ from sorsa_repro.training.distributed import build_strategy, fsdp_root, is_globa
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.ortho import reference_coefficient
 from sorsa_repro.training.resources import peak_memory_mb, reset_peak_memory
-from sorsa_repro.training.validate import PRECISIONS, RunFolderConflictError, data_seed, validate_config
+from sorsa_repro.training.validate import (
+    PRECISIONS,
+    RunFolderConflictError,
+    data_seed,
+    validate_config,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +74,6 @@ def optimizer_steps(num_examples: int, batch_size: int, accumulate: int, world: 
     """
     micro_batches = math.ceil(num_examples / (batch_size * world))
     return (micro_batches // accumulate) * epochs
-
-
-def world_size(cfg: DictConfig) -> int:
-    """Processes that share the global batch (devices x nodes; 'auto' counts as one)."""
-    devices = cfg.trainer.devices
-    return (devices if isinstance(devices, int) else 1) * int(cfg.trainer.get("num_nodes", 1))
 
 
 @dataclass

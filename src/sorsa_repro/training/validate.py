@@ -58,6 +58,14 @@ def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
     for key in ("batch_size", "accumulate", "epochs"):
         if cfg.train[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {cfg.train[key]}")
+    world = world_size(cfg)
+    per_step = cfg.train.batch_size * cfg.train.accumulate * world
+    if cfg.train.get("global_batch_size") is not None and per_step != cfg.train.global_batch_size:
+        raise ValueError(
+            f"train.global_batch_size={cfg.train.global_batch_size}, but train.batch_size x train.accumulate x "
+            f"devices = {cfg.train.batch_size} x {cfg.train.accumulate} x {world} = {per_step}: leave "
+            "train.accumulate to be derived, or make them agree"
+        )
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise ValueError(f"train.max_steps must be >= 1 or null, got {cfg.train.max_steps}")
     if float(cfg.method.lr) <= 0 or cfg.train.lr_multiplier <= 0:
@@ -66,6 +74,11 @@ def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
         )
     if float(cfg.method.get("gamma", 0.0) or 0.0) < 0:
         raise ValueError(f"method.gamma must be >= 0, got {cfg.method.gamma}")
+
+
+def world_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.devices
+    return (devices if isinstance(devices, int) else 1) * int(cfg.trainer.get("num_nodes", 1))
 
 
 def _check_model(cfg: DictConfig, method: MethodConfig) -> None:
