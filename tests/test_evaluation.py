@@ -103,6 +103,12 @@ def test_eval_yaml_matches_evalconfig():
         assert value == getattr(defaults, key), key
 
 
+def test_hf_batch_fills_a_gpu_and_suits_a_cpu(monkeypatch):
+    assert EvalConfig(run="x").hf_batch_size == 8 and EvalConfig(run="x", batch_size=3).hf_batch_size == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert EvalConfig(run="x").hf_batch_size == 64
+
+
 def test_hydra_overrides_round_trip():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

@@ -387,3 +387,33 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="non-finite training loss at optimizer step 3"):
         run_training(cfg)
     assert (Path(cfg.run_dir) / "checkpoints/last.ckpt").exists()
+
+
+def test_the_base_model_is_adapted_where_it_trains(tmp_path, monkeypatch):
+    """On a GPU the base model is loaded onto it before apply_method, so the SVD initialisation runs there
+    (on the CPU it took minutes for a 7B model); FSDP shards a CPU model. Checked here through the choice of
+    device and the SVD's input device (a GPU run of the same path is in BENCHMARKS.md when one is lent)."""
+    import sorsa_repro.methods.sorsa as sorsa_module
+    from sorsa_repro.training.task import init_device
+
+    gpu = compose_train("experiment=paper_llama2_7b", "method=sorsa")
+    assert init_device(compose_train("experiment=mini", "method=sorsa")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert init_device(gpu) == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert (
+        init_device(compose_train("experiment=paper_llama2_7b", "trainer=ddp", "trainer.devices=4"))
+        == "cuda:3"
+    )
+    assert init_device(compose_train("experiment=paper_llama2_7b", "trainer=fsdp")) == "cpu"
+    monkeypatch.undo()
+    seen = []
+    original = sorsa_module.top_r_svd
+    monkeypatch.setattr(
+        sorsa_module, "top_r_svd", lambda w, *a, **k: seen.append(w.device) or original(w, *a, **k)
+    )
+    from sorsa_repro.models import load_base_model
+
+    model, _ = load_base_model("tiny-random", device="cpu")
+    apply_method(model, {"name": "sorsa", "rank": 4})
+    assert seen and set(seen) == {next(model.parameters()).device}

@@ -75,7 +75,7 @@ class EvalConfig:
     generation: str = DEFAULT_GENERATION
     max_new_tokens: int | dict | None = None  # one int for all, or per benchmark; None = the protocol's
     backend: str = "auto"  # vllm | hf | auto (vllm when installed)
-    batch_size: int = 8  # hf: prompts per generate call
+    batch_size: int | None = None  # hf: prompts per generate call; None: 64 on a GPU, 8 on CPU
     # prompts generated between two rewrites of the predictions file (an interrupt loses at most one chunk);
     # None: 4 x batch_size for hf, 256 for vllm (which needs many prompts at once to fill its batches)
     chunk_size: int | None = None
@@ -138,10 +138,17 @@ class EvalConfig:
             raise ValueError(f"unknown evaluation option(s) {unknown}; known: {', '.join(sorted(known))}")
         return cls(**values)
 
+    @property
+    def hf_batch_size(self) -> int:
+        """Prompts per transformers ``generate`` call: 64 fill a GPU with a 7B model's decoding, 8 suit a CPU."""
+        import torch
+
+        return self.batch_size or (64 if torch.cuda.is_available() else 8)
+
     def chunk_size_for(self, backend: str) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
-        return VLLM_CHUNK_SIZE if backend == "vllm" else 4 * self.batch_size
+        return VLLM_CHUNK_SIZE if backend == "vllm" else 4 * self.hf_batch_size
 
     def limit_for(self, benchmark: str) -> int | None:
         return dict(self.limit).get(benchmark) if isinstance(self.limit, Mapping) else self.limit
@@ -425,8 +432,17 @@ def _evaluate_benchmark(
         tokens_per_s=total_tokens / total_s if total_s else None,
         load_time_s=backend.load_time_s if todo else before.get("load_time_s"),
     )
+    if todo and backend.name == "hf":
+        summary["peak_gpu_memory_mb"] = _peak_gpu_memory_mb()
     update_result(out_dir, {"eval": {benchmark: summary}})
     return load_result(out_dir)["eval"][benchmark]
+
+
+def _peak_gpu_memory_mb() -> float | None:
+    """Peak GPU memory of this process since the evaluation started (hf; vLLM runs its own processes)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
 
 def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
@@ -453,6 +469,10 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
     examples = {b: load_eval_examples(b, cfg.limit_for(b), cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
     logger.info("evaluating %s with %s into %s", model_ref or "the given model", backend_name, out_dir)
     run_folder = cfg.run is not None
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     # a run folder: one process at a time, and the evaluation's own status recorded (never the training's)
     with (
         run_folder_lock(cfg.run) if run_folder else nullcontext(),
@@ -468,6 +488,7 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
                 ref = model if model is not None else model_ref
             skip = ("run", "model", "seed")  # seed picks synthetic problems; vLLM's own seed stays 0
             options = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in skip}
+            options["batch_size"] = cfg.hf_batch_size
             return make_backend(backend_name, ref, tokenizer, **options)
 
         backend = _LazyBackend(backend_name, factory)

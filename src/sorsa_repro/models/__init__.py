@@ -115,19 +115,27 @@ def load_tokenizer(name: str, cache: str | os.PathLike | None = None):
 
 
 def load_base_model(
-    name: str, dtype: str | torch.dtype = "float32", cache: str | os.PathLike | None = None, seed: int = 0
+    name: str,
+    dtype: str | torch.dtype = "float32",
+    cache: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
 ):
-    """(model, tokenizer) for a name, a local folder or a hub id; the model in eval mode."""
+    """(model, tokenizer) for a name, a local folder or a hub id; the model in eval mode.
+
+    ``device`` (e.g. "cuda:0"): the weights are loaded straight onto it (transformers' ``device_map``), so a
+    7B model never has a second full copy in CPU memory and its SVD initialisation runs there."""
     torch_dtype = resolve_dtype(dtype)
     tokenizer = load_tokenizer(name, cache)
     if name == TINY_MODEL:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=len(tokenizer)))
-        model = model.to(torch_dtype)
+        model = model.to(device=device, dtype=torch_dtype)
     else:
         path = offline_model_path(cache) if name == OFFLINE_MODEL else name
-        model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype)
+        placement = {} if device is None or str(device) == "cpu" else {"device_map": str(device)}
+        model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **placement)
     model.eval()
     return model, tokenizer
 

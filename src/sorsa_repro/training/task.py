@@ -176,7 +176,7 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
 
     memory_scope = reset_peak_memory()
     started = time.perf_counter()
-    model, _ = load_base_model(cfg.model.name, dtype=model_dtype, seed=cfg.seed)
+    model, _ = load_base_model(cfg.model.name, dtype=model_dtype, seed=cfg.seed, device=init_device(cfg))
     pretrained = _pretrained_spectra(cfg, model, model_dtype)
     model = apply_method(model, method)
     residual_dtype = cfg.method.get("residual_dtype")
@@ -371,6 +371,16 @@ def _protocol(cfg: DictConfig, data, total_steps: int, world: int) -> dict:
 
 def _model_identity(cfg: DictConfig, dtype: str) -> dict:
     return {"name": cfg.model.name, "dtype": dtype}
+
+
+def init_device(cfg: DictConfig) -> str:
+    """Where the base model is loaded and adapted: the GPU this process trains on (so SORSA's and PiSSA's
+    SVDs run there), else the CPU. FSDP shards a model it is given on the CPU, so it starts there."""
+    strategy = cfg.trainer.strategy
+    fsdp = not isinstance(strategy, str) and strategy.get("name") == "fsdp"
+    if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() and not fsdp:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
 
 
 def _pretrained_spectra(cfg: DictConfig, model, dtype: str) -> dict | None:
