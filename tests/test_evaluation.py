@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import os
 import subprocess
@@ -432,3 +434,30 @@ def test_vllm_matches_transformers(tmp_path, offline_model_dir, data_dir, single
     result = json.loads((runs["vllm"] / "result.json").read_text())
     assert result["train"] == {"status": "finished"}  # merged into, not replaced
     assert result["eval"]["gsm8k"]["backend"] == "vllm" and result["eval"]["gsm8k"]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("name", ["hf", "vllm"])
+def test_every_backend_option_reaches_the_constructor(monkeypatch, name):
+    """Each constructor setting of a backend is an evaluation option, and a value set for it in the
+    evaluation config arrives at the constructor (kv_cache_gib used to be dropped on the way to vLLM)."""
+    real = backends.BACKEND_CLASSES[name]
+    settings = set(inspect.signature(real).parameters) - {"model", "tokenizer", "seed"}
+    fields = {f.name for f in dataclasses.fields(EvalConfig)} | {"batch_size"}
+    assert settings <= fields, f"{name} settings with no evaluation option: {settings - fields}"
+
+    received = {}
+
+    class Recorder:
+        __signature__ = inspect.signature(real)
+
+        def __init__(self, model, *args, **kwargs):
+            received.update(kwargs)
+
+    monkeypatch.setitem(backends.BACKEND_CLASSES, name, Recorder)
+    values = {"batch_size": 3, "dtype": "float16", "device": "cpu", "tensor_parallel_size": 2,
+              "gpu_memory_utilization": 0.5, "kv_cache_gib": 1.5, "enforce_eager": True,
+              "max_model_len": 777}  # fmt: skip
+    cfg = EvalConfig(model="m", **{k: v for k, v in values.items() if k in fields - {"batch_size"}},
+                     batch_size=values["batch_size"])  # fmt: skip
+    backends.make_backend(name, "m", object(), **ev.backend_options(cfg))
+    assert received == {k: values[k] for k in settings}

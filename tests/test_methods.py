@@ -566,6 +566,11 @@ BAD_CONFIGS = [
     pytest.param({"alpha": 0}, "alpha must be > 0", id="alpha-0"),
     pytest.param({"alpha": -8.0}, "alpha must be > 0", id="alpha-negative"),
     pytest.param({"rnak": 8}, r"unknown method config keys \['rnak'\]", id="unknown-key"),
+    pytest.param(  # it used to be accepted and ignored (training reads train.weight_decay)
+        {"weight_decay": 0.1},
+        r"unknown method config keys \['weight_decay'\]; set weight_decay as train\.weight_decay",
+        id="weight-decay-is-a-training-setting",
+    ),
 ]
 
 

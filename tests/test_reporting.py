@@ -12,8 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
+from sorsa_repro.methods.config import METHODS
 from sorsa_repro.reporting import cli, wandb_report
-from sorsa_repro.reporting.aggregate import collect_runs, load_experiment, summarize
+from sorsa_repro.reporting.aggregate import (
+    METHOD_NAMES,
+    METHOD_ORDER,
+    collect_runs,
+    load_experiment,
+    summarize,
+)
 from sorsa_repro.reporting.figures import seed_curves
 from sorsa_repro.reporting.protocol import ProtocolMismatchError
 from sorsa_repro.reporting.reference import load_reference
@@ -100,6 +107,11 @@ def make_run(
     metrics["ortho_penalty"] = ortho(step, seed) if ortho else None
     metrics.to_csv(path / "metrics.csv", index=False)
     return path
+
+
+def test_tables_name_exactly_the_methods_that_exist():
+    # the reports once listed methods nothing could train (milora, corda, eva)
+    assert set(METHOD_NAMES) == set(METHODS) and set(METHOD_ORDER) <= set(METHODS)
 
 
 def test_mean_and_sample_std_over_seeds(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import logging
 import os
 import time
@@ -231,20 +232,17 @@ class VLLMBackend:
         del self.llm
 
 
+BACKEND_CLASSES = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
 def make_backend(name: str, model, tokenizer=None, **options) -> Backend:
-    """A backend by resolved name (``hf`` | ``vllm``); ``options`` are the constructor's keyword arguments."""
-    if name == "hf":
-        keys = ("batch_size", "dtype", "device")
-        return HFBackend(model, tokenizer, **{k: v for k, v in options.items() if k in keys})
-    if name == "vllm":
-        keys = (
-            "dtype",
-            "tensor_parallel_size",
-            "gpu_memory_utilization",
-            "enforce_eager",
-            "max_model_len",
-        )
-        return VLLMBackend(model, **{k: v for k, v in options.items() if k in keys})
+    """A backend by resolved name (``hf`` | ``vllm``). ``options`` may hold both backends' settings: each
+    backend receives every option its constructor takes (its signature decides, so none is dropped)."""
+    if name in BACKEND_CLASSES:
+        cls = BACKEND_CLASSES[name]
+        accepted = set(inspect.signature(cls).parameters) - {"model", "tokenizer"}
+        kwargs = {k: v for k, v in options.items() if k in accepted}
+        return cls(model, tokenizer, **kwargs) if name == "hf" else cls(model, **kwargs)
     raise ValueError(f"unknown backend {name!r}; use hf or vllm (auto is resolved by resolve_backend)")
 
 

@@ -341,6 +341,14 @@ def summarise(benchmark: str, rows: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
+def backend_options(cfg: EvalConfig) -> dict:
+    """The settings the configured backend is built with (``make_backend`` hands each backend its own)."""
+    skip = ("run", "model", "seed")  # seed picks synthetic problems; vLLM's own seed stays 0
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in skip}
+    options["batch_size"] = cfg.hf_batch_size
+    return options
+
+
 class _LazyBackend:
     """Loads the model on first use, so a fully answered evaluation never loads one."""
 
@@ -486,10 +494,7 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
                 ref = str(offline_model_path()) if model_ref == OFFLINE_MODEL else model_ref
             else:
                 ref = model if model is not None else model_ref
-            skip = ("run", "model", "seed")  # seed picks synthetic problems; vLLM's own seed stays 0
-            options = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in skip}
-            options["batch_size"] = cfg.hf_batch_size
-            return make_backend(backend_name, ref, tokenizer, **options)
+            return make_backend(backend_name, ref, tokenizer, **backend_options(cfg))
 
         backend = _LazyBackend(backend_name, factory)
         try:

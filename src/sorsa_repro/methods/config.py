@@ -16,8 +16,9 @@ TRAINING_KEYS = {
     "ortho_accumulation",
     "ortho_coef",
     "residual_dtype",
-    "weight_decay",
 }
+# settings users look for under method. that live elsewhere (a method key would be silently ignored)
+SET_ELSEWHERE = {"weight_decay": "train.weight_decay", "batch_size": "train.batch_size", "seed": "seed"}
 
 
 @dataclass
@@ -71,7 +72,10 @@ class MethodConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(cfg) - known - TRAINING_KEYS
         if unknown:
-            raise ValueError(f"unknown method config keys {sorted(unknown)}; known: {sorted(known)}")
+            hints = "".join(
+                f"; set {key} as {SET_ELSEWHERE[key]}" for key in sorted(unknown & set(SET_ELSEWHERE))
+            )
+            raise ValueError(f"unknown method config keys {sorted(unknown)}{hints}; known: {sorted(known)}")
         if "name" not in cfg:
             raise ValueError("method config needs a 'name'")
         return cls(**{k: v for k, v in cfg.items() if k in known})
