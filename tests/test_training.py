@@ -417,3 +417,23 @@ def test_the_base_model_is_adapted_where_it_trains(tmp_path, monkeypatch):
     model, _ = load_base_model("tiny-random", device="cpu")
     apply_method(model, {"name": "sorsa", "rank": 4})
     assert seen and set(seen) == {next(model.parameters()).device}
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training_and_keeps_parameter_names(tmp_path):
+    from torch._dynamo.utils import counters
+
+    eager = run_training(tiny_cfg(tmp_path / "eager", "sorsa"))
+    counters.clear()
+    compiled = run_training(tiny_cfg(tmp_path / "compiled", "sorsa", "train.compile=true"))
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the model
+    assert compiled.name == eager.name  # a speed choice, not part of the run's identity
+    losses = [[float(r["loss"]) for r in read_metrics(d)] for d in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    keys = [
+        torch.load(d / "checkpoints/last.ckpt", weights_only=False)["state_dict"].keys()
+        for d in (eager, compiled)
+    ]
+    assert list(keys[1]) == list(keys[0])  # checkpoints and exports read the same names
+    merged = AutoModelForCausalLM.from_pretrained(compiled / "merged")
+    assert not any("_orig_mod" in n or "sorsa" in n for n, _ in merged.named_parameters())

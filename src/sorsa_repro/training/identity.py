@@ -16,7 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 IDENTITY_SECTIONS = ("model", "method", "data", "train", "trainer")
 # config parts that do not change what is trained
 NON_IDENTITY = {
-    "train": {"checkpoint_every", "save_adapter", "export_merged", "spectral_every", "spectral_layer_stride"},
+    "train": {
+        "checkpoint_every",
+        "save_adapter",
+        "export_merged",
+        "spectral_every",
+        "spectral_layer_stride",
+        "compile",  # the same computation, fused: a speed choice like the micro-batch
+    },
     "trainer": {"num_workers"},
 }
 HASH_CHARS = 8  # in folder names; result.json keeps 16

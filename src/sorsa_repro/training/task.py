@@ -186,6 +186,8 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
         cast_residuals(model, resolve_dtype(residual_dtype))
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.get("compile"):
+        model.compile()  # nn.Module.compile: in place, so state-dict keys stay those of the plain model
     trainable, total = count_parameters(model)
     init_s = time.perf_counter() - started
     log.info(
