@@ -337,7 +337,7 @@ def test_finished_run_is_not_trained_again_and_changed_config_gets_its_own_folde
     cfg = tiny_cfg(tmp_path)
     run_dir = run_training(cfg)
     stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
-    monkeypatch.setattr("sorsa_repro.training.task.apply_method", lambda *a: pytest.fail("trained again"))
+    monkeypatch.setattr("sorsa_repro.training.setup.apply_method", lambda *a: pytest.fail("trained again"))
     run_training(cfg)
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     monkeypatch.undo()
@@ -394,7 +394,7 @@ def test_the_base_model_is_adapted_where_it_trains(tmp_path, monkeypatch):
     (on the CPU it took minutes for a 7B model); FSDP shards a CPU model. Checked here through the choice of
     device and the SVD's input device (a GPU run of the same path is in BENCHMARKS.md when one is lent)."""
     import sorsa_repro.methods.sorsa as sorsa_module
-    from sorsa_repro.training.task import init_device
+    from sorsa_repro.training.setup import init_device
 
     gpu = compose_train("experiment=paper_llama2_7b", "method=sorsa")
     assert init_device(compose_train("experiment=mini", "method=sorsa")) == "cpu"

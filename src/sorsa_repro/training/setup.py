@@ -1,0 +1,192 @@
+"""What a training run is built from: the adapted model, the Lightning module, the trainer and its
+callbacks and loggers, each from the run's config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sorsa_repro.methods import MethodConfig, apply_method, cast_residuals, count_parameters
+from sorsa_repro.training.distributed import build_strategy, is_global_zero
+from sorsa_repro.training.ortho import reference_coefficient
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig, method: MethodConfig, dtype: str, run_name: str):
+    """The base model loaded where it trains and adapted by ``method`` (tf32 first, when configured: the
+    SVDs run under it). Returns the model, the pretrained SVDs the spectral callback compares with, and the init time (s)."""
+    from sorsa_repro.models import load_base_model, resolve_dtype
+
+    if cfg.trainer.accelerator == "gpu" and cfg.trainer.get("tf32", False):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    started = time.perf_counter()
+    model, _ = load_base_model(cfg.model.name, dtype=dtype, seed=cfg.seed, device=init_device(cfg))
+    pretrained = _pretrained_spectra(cfg, model, dtype)
+    model = apply_method(model, method)
+    residual_dtype = cfg.method.get("residual_dtype")
+    if cfg.train.precision == "reference" and residual_dtype:
+        cast_residuals(model, resolve_dtype(residual_dtype))
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.get("compile"):
+        model.compile()  # nn.Module.compile: in place, so state-dict keys stay those of the plain model
+    trainable, total = count_parameters(model)
+    init_s = time.perf_counter() - started
+    log.info(
+        "%s: %s trainable of %s parameters (%.2f%%), init %.1f s",
+        run_name,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+        init_s,
+    )
+    return model, pretrained, init_s
+
+
+def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path):
+    """The Lightning module that trains ``model`` with the method's learning rate and regularizer."""
+    from sorsa_repro.training.module import FineTuneModule
+
+    ortho = ortho_settings(cfg)
+    return FineTuneModule(
+        model,
+        lr=learning_rate(cfg),
+        total_steps=total_steps,
+        gamma=ortho.get("gamma", 0.0),
+        ortho_mode=ortho.get("mode", "reference"),
+        ortho_coef=ortho.get("coefficient", 0.0),
+        weight_decay=cfg.train.weight_decay,
+        warmup_ratio=cfg.train.warmup_ratio,
+        grad_clip=cfg.train.grad_clip,
+        metrics_path=run_dir / "metrics.csv",
+    )
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, total_steps: int, precision, pretrained, loggers):
+    import lightning as L
+
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=build_strategy(cfg),
+        num_nodes=cfg.trainer.get("num_nodes", 1),
+        precision=precision,
+        max_steps=total_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=cfg.train.accumulate,
+        callbacks=_callbacks(cfg, run_dir, pretrained),
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
+
+
+def learning_rate(cfg: DictConfig) -> float:
+    return float(cfg.method.lr) * cfg.train.lr_multiplier
+
+
+def ortho_settings(cfg: DictConfig) -> dict:
+    """SORSA's regularizer as this run applies it (empty for other methods): mode, gamma, and the
+    coefficient of the reference mode (``sorsa_repro.training.ortho``)."""
+    if cfg.method.name != "sorsa":
+        return {}
+    mode = cfg.method.get("ortho_mode", "reference")
+    gamma = float(cfg.method.get("gamma", 0.0) or 0.0)
+    coef = reference_coefficient(gamma, float(cfg.method.lr), int(cfg.method.get("ortho_accumulation", 64)))
+    return {"mode": mode, "gamma": gamma, "coefficient": coef if mode == "reference" else None}
+
+
+def init_device(cfg: DictConfig) -> str:
+    """Where the base model is loaded and adapted: the GPU this process trains on (so SORSA's and PiSSA's
+    SVDs run there), else the CPU. FSDP shards a model it is given on the CPU, so it starts there."""
+    strategy = cfg.trainer.strategy
+    fsdp = not isinstance(strategy, str) and strategy.get("name") == "fsdp"
+    if cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() and not fsdp:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def _pretrained_spectra(cfg: DictConfig, model, dtype: str) -> dict | None:
+    """SVDs of the pretrained target matrices the spectral callback compares with (once per sweep)."""
+    if not cfg.train.spectral_every or not is_global_zero():
+        return None
+    from sorsa_repro.analysis.callback import pretrained_svds
+    from sorsa_repro.analysis.spectral import parse_layer_name
+    from sorsa_repro.methods import find_targets
+
+    stride = int(cfg.train.get("spectral_layer_stride", 1))
+    names = [
+        n
+        for n in find_targets(model, cfg.method.target_modules)
+        if (parse_layer_name(n)[0] or 0) % stride == 0
+    ]
+    return pretrained_svds(
+        (cfg.model.name, dtype, cfg.seed if cfg.model.name == "tiny-random" else 0), model, names
+    )
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -> list:
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            every_n_train_steps=cfg.train.checkpoint_every,
+            save_top_k=0,
+            save_last=True,
+            enable_version_counter=False,
+        ),
+        TQDMProgressBar(refresh_rate=1),
+    ]
+    if cfg.train.spectral_every:
+        from sorsa_repro.analysis.callback import SpectralCallback
+
+        callbacks.append(
+            SpectralCallback(
+                every_n_steps=cfg.train.spectral_every,
+                path=run_dir / "spectral.csv",
+                target_modules=list(cfg.method.target_modules),
+                layer_stride=int(cfg.train.get("spectral_layer_stride", 1)),
+                pretrained=pretrained,
+            )
+        )
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, trainable: int, total: int) -> list:
+    if not cfg.logger.get("wandb"):
+        return []
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_MODE", "offline")  # no account needed; `wandb sync` uploads later
+    logger = WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.get("entity"),
+        group=cfg.experiment_name,
+        name=run_dir.name,
+        id=f"{cfg.experiment_name}-{run_dir.name}",  # the folder name ends with the config hash
+        resume="allow",
+        tags=[cfg.method.name, f"r{cfg.method.rank}", f"seed{cfg.seed}"],
+        save_dir=str(run_dir),
+        config={
+            **OmegaConf.to_container(without_hydra(cfg), resolve=True),
+            "trainable_params": trainable,
+            "total_params": total,
+        },
+    )
+    return [logger]
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
