@@ -290,8 +290,11 @@ def test_interrupted_training_says_so(tmp_path, sig):
         "evaluate.benchmarks=[]",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # as from a terminal: a shell without job control starts background jobs (a CI runner's `make test &`)
+    # with SIGINT ignored, which the child would inherit and Ctrl-C would never reach it
     proc = subprocess.Popen([sys.executable, "-m", "sorsa_repro.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 300
     while not list(tmp_path.glob("mini/*/metrics.csv")) and time.time() < deadline:
         time.sleep(0.5)
