@@ -47,7 +47,7 @@ def build_model(cfg: DictConfig, method: MethodConfig, dtype: str, run_name: str
         100 * trainable / total,
         init_s,
     )
-    return model, pretrained, init_s
+    return model, pretrained, init_s, trainable, total
 
 
 def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sorsa_repro.methods import MethodConfig, count_parameters, merge_model, save_adapter
+from sorsa_repro.methods import MethodConfig, merge_model, save_adapter
 from sorsa_repro.methods.config import TRAINING_KEYS
 from sorsa_repro.results import (
     atomic_dir,
@@ -167,8 +167,7 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
     model_dtype, precision = PRECISIONS[cfg.train.precision]
     memory_scope = reset_peak_memory()
     started = time.perf_counter()
-    model, pretrained, init_s = build_model(cfg, run.method, model_dtype, run_dir.name)
-    trainable, total = count_parameters(model)
+    model, pretrained, init_s, trainable, total = build_model(cfg, run.method, model_dtype, run_dir.name)
     module = build_module(cfg, model, run.total_steps, run_dir)
     if is_global_zero():
         settings = {
