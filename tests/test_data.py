@@ -14,6 +14,7 @@ import torch
 
 from sorsa_repro.data import (
     IGNORE_INDEX,
+    DataFormatError,
     MathDataModule,
     PadCollator,
     build_prompt,
@@ -386,3 +387,183 @@ def test_datamodule_validates_config_early(tokenizer):
     with pytest.raises(ValueError, match="truncation"):
         MathDataModule(tokenizer, truncation="left")
     assert torch.is_tensor(PadCollator(0)([{"input_ids": [1], "labels": [1]}])["input_ids"])
+
+
+# ---------------------------------------------------------------- your own data (conf/data/custom.yaml)
+
+OWN_ROWS = [
+    {
+        "question": "Tom has 3 apples and buys 4 more. How many?",
+        "solution": "3 + 4 = 7\nThe answer is: 7",
+        "x": 1,
+    },
+    {"question": "What is 6 times 7?", "solution": "6 * 7 = 42\nThe answer is: 42", "x": 2},
+    {"question": "Halve 10.", "solution": "10 / 2 = 5\nThe answer is: 5", "x": 3},
+]
+OWN_FIELDS = {"query": "question", "response": "solution"}
+
+
+def _write(path: Path, rows, form: str = "jsonl") -> Path:
+    """rows as JSON lines ("jsonl"), one JSON list ("list") or JSON lines in a .json file (datasets' to_json)."""
+    lines = "\n".join(json.dumps(r) for r in rows) + "\n"
+    path.write_text(json.dumps(rows) if form == "list" else lines, encoding="utf-8")
+    return path
+
+
+def test_own_jsonl_gets_the_builtin_prompt_and_masking(tokenizer, tmp_path):
+    path = _write(tmp_path / "mine.jsonl", OWN_ROWS)
+    dm = MathDataModule(
+        tokenizer, name=str(path), fields=OWN_FIELDS, max_length=256, tokenization="concatenated"
+    )
+    assert dm.num_train_examples == 3
+    assert dm.examples == [
+        {"id": f"custom/{i}", "query": r["question"], "response": r["solution"]}
+        for i, r in enumerate(OWN_ROWS)
+    ]
+    # exactly the paper's template around the mapped question; the loss covers the mapped solution + EOS only
+    prompt_text = (
+        "Below is an instruction that describes a task. Write a response that appropriately completes "
+        "the request.\n\n### Instruction:\nTom has 3 apples and buys 4 more. How many?\n\n### Response:"
+    )
+    item = dm.train_dataset.items[0]
+    n = len(tokenizer(prompt_text).input_ids)
+    assert tokenizer.decode(item["input_ids"][:n]) == prompt_text
+    assert item["labels"][:n] == [IGNORE_INDEX] * n and item["labels"][n:] == item["input_ids"][n:]
+    assert item["input_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(item["input_ids"][n:-1]) == OWN_ROWS[0]["solution"]
+    # token for token what the built-in path (MetaMathQA's query/response files) makes of the same rows
+    (tmp_path / "metamathqa").mkdir()
+    same = [{"query": r["question"], "response": r["solution"]} for r in OWN_ROWS]
+    _write(tmp_path / "metamathqa" / "MetaMathQA-395K.jsonl", same)
+    builtin = MathDataModule(
+        tokenizer, name="metamathqa", data_dir=tmp_path, max_length=256, tokenization="concatenated"
+    )
+    assert builtin.num_train_examples == 3
+    pairs = [[(e["input_ids"], e["labels"]) for e in d.train_dataset.items] for d in (dm, builtin)]
+    assert pairs[0] == pairs[1]
+    # result.json's data identity: the file as named, its sha256, the mapping and the content hash
+    ident = dm.identity()
+    assert ident["source"] == "local" and ident["path"] == str(path) and ident["fields"] == OWN_FIELDS
+    assert ident["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert ident["rows"] == 3 and len(ident["content_sha256"]) == 64
+
+
+@pytest.mark.parametrize("form", ["list", "jsonl"])
+def test_own_json_file_as_a_list_or_as_json_lines(tmp_path, form):
+    path = _write(tmp_path / "mine.json", OWN_ROWS, form)
+    exs = load_train_examples(str(path), limit=2, fields=OWN_FIELDS)
+    assert [(e["query"], e["response"]) for e in exs] == [
+        (r["question"], r["solution"]) for r in OWN_ROWS[:2]
+    ]
+
+
+def test_own_data_errors_are_clear(tokenizer, tmp_path):
+    path = _write(tmp_path / "mine.jsonl", OWN_ROWS)
+    with pytest.raises(DataFormatError) as err:  # the default mapping (query/response) on other field names
+        load_train_examples(str(path))
+    assert str(err.value) == (
+        f"{path}:1: no field 'query' (data.fields.query) or 'response' (data.fields.response); "
+        "fields found: question, solution, x"
+    )
+    with pytest.raises(DataFormatError, match=r"mine.jsonl:1: no field 'answer' \(data.fields.response\)"):
+        load_train_examples(str(path), fields={"query": "question", "response": "answer"})
+    with pytest.raises(FileNotFoundError, match="training data file .*nope.jsonl not found"):
+        load_train_examples(str(tmp_path / "nope.jsonl"), fields=OWN_FIELDS)
+    with pytest.raises(
+        FileNotFoundError, match="nope.jsonl not found"
+    ):  # at construction, before any loading
+        MathDataModule(tokenizer, name=str(tmp_path / "nope.jsonl"))
+    (tmp_path / "mine.csv").write_text("question,solution\n1,2\n")
+    for bad in (tmp_path / "mine.csv", tmp_path / "absent.parquet"):
+        with pytest.raises(ValueError, match="expected a .json or .jsonl file"):
+            load_train_examples(str(bad), fields=OWN_FIELDS)
+    for empty in (tmp_path / "empty.jsonl", tmp_path / "empty.json"):
+        empty.write_text("\n")
+        with pytest.raises(DataFormatError, match=f"{empty}: no rows"):
+            load_train_examples(str(empty), fields=OWN_FIELDS)
+    _write(tmp_path / "numbers.jsonl", [{"question": "1+1?", "solution": 2}])
+    with pytest.raises(DataFormatError, match="numbers.jsonl:1: field 'solution' holds a int, expected text"):
+        load_train_examples(str(tmp_path / "numbers.jsonl"), fields=OWN_FIELDS)
+    with pytest.raises(ValueError, match="data.fields must map query and response"):
+        MathDataModule(tokenizer, name=str(path), fields={"question": "query"})
+    with pytest.raises(ValueError, match="a .json/.jsonl file, or a hub dataset id"):
+        load_train_examples("gsm9k")
+
+
+def test_own_hub_dataset_is_loaded_with_its_config_split_and_mapping(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(hub_id, config=None, split=None):
+        calls.append((hub_id, config, split))
+        return [{"question": f"q{i}", "solution": f"s{i}"} for i in range(2)]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    exs = load_train_examples("someone/my-math", limit=2, fields=OWN_FIELDS, split="validation", config="v2")
+    assert calls == [("someone/my-math", "v2", "validation[:2]")]
+    assert exs == [{"id": f"custom/{i}", "query": f"q{i}", "response": f"s{i}"} for i in range(2)]
+    load_train_examples("someone/my-math", fields=OWN_FIELDS)  # defaults: no config, the whole train split
+    assert calls[-1] == ("someone/my-math", None, "train")
+    ident = data_identity("someone/my-math", "validation", 2, examples=exs, fields=OWN_FIELDS, config="v2")
+    assert {k: ident[k] for k in ("source", "hub_id", "hub_config", "hub_split", "fields", "rows")} == {
+        "source": "hub",
+        "hub_id": "someone/my-math",
+        "hub_config": "v2",
+        "hub_split": "validation",
+        "fields": OWN_FIELDS,
+        "rows": 2,
+    }
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError) as err:
+        load_train_examples("someone/my-math", fields=OWN_FIELDS)
+    assert str(err.value) == (
+        "could not load the hub dataset 'someone/my-math' (config None, split 'train'): no network. Without "
+        "network access, save it as a .json/.jsonl file and pass that file's path instead."
+    )
+
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_custom_data_config_composes_validates_and_leaves_builtin_hashes_alone(tmp_path):
+    from sorsa_repro.training.identity import config_hash
+    from sorsa_repro.training.validate import check_train_data, data_seed
+
+    def check(cfg) -> int:  # what validate_config runs on the data before the model loads
+        d = cfg.data
+        return check_train_data(
+            d.name, d.limit, d.get("data_dir"), data_seed(cfg), d.get("fields"), d.get("split") or "train"
+        )
+
+    path = _write(tmp_path / "mine.jsonl", OWN_ROWS)
+    cfg = _compose(
+        "data=custom", f"data.path={path}", "data.fields.query=question", "data.fields.response=solution"
+    )
+    assert cfg.data.name == str(path) and dict(cfg.data.fields) == OWN_FIELDS
+    assert set(_compose("data=gsm8k").data) <= set(cfg.data)  # the keys every data config has, and more
+    assert check(cfg) == 3
+    assert config_hash(cfg) != config_hash(_compose("data=custom", f"data.path={path}"))  # the mapping counts
+    with pytest.raises(DataFormatError, match="no field 'query'"):
+        check(_compose("data=custom", f"data.path={path}"))
+    # shorthand on any data config: data.name=<file> (fields query/response)
+    plain = _write(tmp_path / "plain.jsonl", [{"query": "q", "response": "r"}] * 4)
+    assert check(_compose("data=gsm8k", f"data.name={plain}")) == 4
+    # the built-in data configs are unchanged: their run hashes are those from before this feature
+    assert set(_compose("data=gsm8k").data) == {
+        "name", "limit", "max_length", "tokenization", "truncation", "long_prompts", "data_seed"
+    }  # fmt: skip
+    assert config_hash(_compose("data=gsm8k")) == "6715553d3b8710c5"  # recorded before the change
+    mini = config_hash(_compose("experiment=mini", "method=sorsa"), 8)
+    assert (Path(CONF).parent / "reference_runs" / "mini" / f"sorsa-r16-s0-{mini}").is_dir()

@@ -8,7 +8,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from .sampler import ResumableSampler
-from .sources import TRAIN_DATASETS, data_identity, load_train_examples
+from .sources import check_fields, check_train_source, data_identity, is_builtin, load_train_examples
 from .tokenize import LONG_PROMPT_MODES, PadCollator, check_modes, encode_examples, pad_token_id
 
 
@@ -41,6 +41,8 @@ class MathDataModule(L.LightningDataModule):
     `long_prompts="drop"` skips prompts longer than max_length (98 of MATH train's 7500 at 512 tokens
     with SmolLM2's tokenizer) instead of raising. The constructor only validates; data is loaded on
     `setup()` or on first access to `num_train_examples` (which the trainer needs for optimizer steps).
+    Your own data: `name` is a .json/.jsonl file or a hub dataset id (`split`, `config`), `fields` maps
+    query and response to its field names (sources.load_train_examples).
     """
 
     def __init__(
@@ -59,13 +61,12 @@ class MathDataModule(L.LightningDataModule):
         data_dir: str | os.PathLike | None = None,
         pad_to_multiple_of: int | None = None,
         drop_last: bool = False,
+        fields=None,
+        split: str | None = None,
+        config: str | None = None,
     ):
         super().__init__()
-        unknown = [p for p in name.split("+") if p not in TRAIN_DATASETS]
-        if unknown:
-            raise ValueError(
-                f"unknown training dataset {name!r}; known: {', '.join(TRAIN_DATASETS)} (join with '+')"
-            )
+        check_train_source(name, fields)  # unknown names, missing or non-JSON files, bad field mappings
         check_modes(tokenization, truncation)
         if long_prompts not in LONG_PROMPT_MODES:
             raise ValueError(f"unknown long_prompts {long_prompts!r}; expected one of {LONG_PROMPT_MODES}")
@@ -81,6 +82,8 @@ class MathDataModule(L.LightningDataModule):
         self.data_seed = seed if data_seed is None else data_seed  # picks the synthetic problems
         self.long_prompts, self.drop_last = long_prompts, drop_last
         self.num_dropped = 0
+        self.fields = None if is_builtin(name) else check_fields(fields)
+        self.split, self.config = split or "train", config
         self.collator = PadCollator(pad_token_id(tokenizer), pad_to_multiple_of)
         self.examples: list[dict] | None = None
         self.train_dataset: EncodedDataset | None = None
@@ -88,7 +91,9 @@ class MathDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        examples = load_train_examples(self.name, self.limit, self.data_dir, seed=self.data_seed)
+        examples = load_train_examples(
+            self.name, self.limit, self.data_dir, self.data_seed, self.fields, self.split, self.config
+        )
         encoded = encode_examples(
             self.tokenizer,
             examples,
@@ -110,7 +115,16 @@ class MathDataModule(L.LightningDataModule):
     def identity(self) -> dict:
         """Provenance of the training data (for result.json)."""
         self.setup()
-        ident = data_identity(self.name, "train", self.limit, self.data_dir, self.data_seed, self.examples)
+        ident = data_identity(
+            self.name,
+            self.split,
+            self.limit,
+            self.data_dir,
+            self.data_seed,
+            self.examples,
+            self.fields,
+            self.config,
+        )
         extra = {
             "max_length": self.max_length,
             "truncation": self.truncation,

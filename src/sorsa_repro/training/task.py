@@ -106,6 +106,9 @@ def prepare_training(cfg: DictConfig) -> PreparedRun:
         batch_size=cfg.train.batch_size,
         num_workers=cfg.trainer.num_workers,
         data_dir=cfg.data.get("data_dir"),
+        fields=cfg.data.get("fields"),  # your own data (conf/data/custom.yaml); None for the built-in sets
+        split=cfg.data.get("split"),
+        config=cfg.data.get("config"),
     )
     num_examples = data.num_train_examples  # loads and encodes: too-long prompts fail here
     per_step = cfg.train.batch_size * cfg.train.accumulate * world_size(cfg)

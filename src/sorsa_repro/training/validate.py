@@ -17,6 +17,7 @@ from sorsa_repro.methods import MethodConfig, validate
 from sorsa_repro.results import load_result
 from sorsa_repro.training.distributed import build_strategy
 from sorsa_repro.training.identity import config_hash
+from sorsa_repro.training.known_keys import check_known_keys
 
 PRECISIONS = {  # train.precision -> (dtype the model is loaded in, Lightning precision)
     "fp32": ("float32", "32-true"),
@@ -38,11 +39,20 @@ def method_config(cfg: DictConfig) -> MethodConfig:
 
 def validate_config(cfg: DictConfig) -> MethodConfig:
     """Check the method, budget, model shapes, training data, evaluation options and the run folder."""
+    check_known_keys(cfg)
     method = method_config(cfg)
     _check_training(cfg, method)
     build_strategy(cfg)  # a strategy the config cannot run with fails here
     _check_model(cfg, method)
-    check_train_data(cfg.data.name, cfg.data.limit, cfg.data.get("data_dir"), data_seed(cfg))
+    check_train_data(
+        cfg.data.name,
+        cfg.data.limit,
+        cfg.data.get("data_dir"),
+        data_seed(cfg),
+        cfg.data.get("fields"),
+        cfg.data.get("split") or "train",
+        cfg.data.get("config"),
+    )
     check_evaluation(cfg)
     check_run_folder(cfg)
     return method
@@ -98,19 +108,24 @@ def data_seed(cfg: DictConfig) -> int:
     return cfg.seed if seed is None else seed
 
 
-def check_train_data(name: str, limit, data_dir, seed: int) -> int:
+def check_train_data(name: str, limit, data_dir, seed: int, fields=None, split="train", config=None) -> int:
     """Load the training rows (once per distinct data config and process): missing files, malformed lines
-    (file:line) and empty sets fail here. Returns the number of examples."""
-    from sorsa_repro.data import ENV_VAR
+    (file:line), unmapped fields, an unreachable hub id and empty sets fail here. Returns the number of
+    examples. `fields`, `split`, `config`: your own data (conf/data/custom.yaml)."""
+    from sorsa_repro.data import ENV_VAR, check_train_source
 
-    return _count_train_examples(name, limit, data_dir or os.environ.get(ENV_VAR) or None, seed)
+    check_train_source(name, fields)  # a bad name, file or mapping fails before any row is read
+    mapping = tuple(sorted(dict(fields).items())) if fields is not None else None  # hashable for the cache
+    data_dir = data_dir or os.environ.get(ENV_VAR) or None
+    return _count_train_examples(name, limit, data_dir, seed, mapping, split, config)
 
 
 @cache
-def _count_train_examples(name: str, limit, data_dir, seed: int) -> int:
+def _count_train_examples(name: str, limit, data_dir, seed: int, fields, split, config) -> int:
     from sorsa_repro.data import load_train_examples
 
-    return len(load_train_examples(name, limit, data_dir, seed=seed))
+    fields = dict(fields) if fields is not None else None
+    return len(load_train_examples(name, limit, data_dir, seed, fields, split, config))
 
 
 def check_evaluation(cfg: DictConfig) -> None:
