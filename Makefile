@@ -46,7 +46,8 @@ sweep:  ## one Hydra multirun sweep: make sweep SWEEP=paper_table EXP=mini
 train:  ## one run: make train EXP=mini METHOD=sorsa
 	$(PY) -m sorsa_repro.train experiment=$(or $(EXP),$(SCALE)) method=$(or $(METHOD),sorsa) $(ARGS)
 
-eval:  ## evaluate a run folder or model: make eval RUN=results/mini/sorsa-r16-s0-<hash>
+eval:  ## evaluate a run folder: make eval RUN=results/mini/sorsa-r16-s0-<hash> [ARGS='benchmarks=[gsm8k]']
+	@if [ -z "$(RUN)" ]; then echo "make eval needs RUN=<run folder>, e.g. make eval RUN=results/mini/sorsa-r16-s0-<hash>; for a model: $(PY) -m sorsa_repro.evaluate model=<...> (--help)" >&2; exit 2; fi
 	$(PY) -m sorsa_repro.evaluate run=$(RUN) $(ARGS)
 
 tables:  ## tables of your runs (results/) into paper_tables/local/<experiment>/

@@ -125,7 +125,9 @@ def test_sweep_trains_evaluates_reports_and_skips_finished_jobs(tmp_path):
 
 
 def test_replicate_rejects_an_unknown_scale(capsys):
-    assert replicate_main(["scale=huge"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        replicate_main(["scale=huge"])
+    assert exit_info.value.code == 2
     assert "scale='huge'" in capsys.readouterr().err
 
 

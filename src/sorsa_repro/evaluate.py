@@ -13,12 +13,14 @@ Options: conf/eval.yaml (the fields of ``sorsa_repro.evaluation.run.EvalConfig``
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sorsa_repro.layout import CONF_DIR
+from sorsa_repro.results import LOCK_HELD_ENV
 
 
 def model_override(arg: str) -> str:
@@ -35,9 +37,14 @@ def model_override(arg: str) -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
+    from sorsa_repro.console import configure_console, hydra_verbose
     from sorsa_repro.evaluation.run import evaluate  # after cpu_threads.configure(): it imports torch
+    from sorsa_repro.evaluation.summary import score_table
 
-    evaluate(OmegaConf.to_container(cfg, resolve=True))
+    configure_console(hydra_verbose())
+    scores = evaluate(OmegaConf.to_container(cfg, resolve=True))
+    if not os.environ.get(LOCK_HELD_ENV):  # else a training job started this one and prints the scores itself
+        print(score_table(scores), flush=True)
 
 
 def main() -> None:

@@ -12,12 +12,14 @@ jobs are skipped. Exits non-zero when any job or stage failed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from sorsa_repro.cli_args import KeyValueCli
 from sorsa_repro.layout import (
     LOCAL_TABLES_DIR,
     REFERENCE_RUNS_DIR,
@@ -34,7 +36,26 @@ SCALES = {
     "small": {"experiment": "small", "sweep": "claims", "seeds": "0,1,2"},
     "paper": {"experiment": "paper_llama2_7b", "sweep": "paper_table", "seeds": "42"},
 }
-KEYS = ("scale", "seeds", "results_dir", "out_dir", "reference_runs", "update_reference")
+CLI = KeyValueCli(
+    prog="python -m sorsa_repro.replicate",
+    summary="The main job (make replicate-sorsa): the scale's sweep (train + evaluate), tables, plots, claims, "
+    "spectral analysis and the reproducibility verdict against the committed reference. Running it again "
+    "skips finished jobs and resumes interrupted ones.",
+    keys={
+        "scale": "mini (default), smoke, small or paper: "
+        + "; ".join(
+            f"{name} = experiment {spec['experiment']}, seeds {spec['seeds']}"
+            for name, spec in SCALES.items()
+        ),
+        "seeds": "comma-separated seeds (default: the scale's)",
+        "results_dir": f"where the runs go (default {RESULTS_DIR}/; {REFERENCE_RUNS_DIR}/ with update_reference)",
+        "out_dir": f"where the report goes (default {LOCAL_TABLES_DIR}/)",
+        "reference_runs": f"the committed runs the verdict compares with (default {REFERENCE_RUNS_DIR}/)",
+        "update_reference": "true: regenerate the committed reference on purpose (maintainers)",
+    },
+    passthrough="Hydra overrides for every training job, e.g. trainer=gpu evaluate.backend=hf "
+    "(python -m sorsa_repro.train --help lists them)",
+)
 
 
 def stages(scale: str, seeds: str | None, overrides: list[str], dirs: dict, verdict: bool):
@@ -62,18 +83,46 @@ def stages(scale: str, seeds: str | None, overrides: list[str], dirs: dict, verd
     return exp, steps
 
 
-def parse(argv: list[str]) -> tuple[dict, list[str]]:
-    args = dict(a.split("=", 1) for a in argv if "=" in a and a.split("=", 1)[0] in KEYS)
-    overrides = [a for a in argv if a.split("=", 1)[0] not in args]
-    return args, overrides
+def outcome(report_dir: Path, runs_dir: Path) -> str:
+    """What the user came for, from the files the stages wrote: the main table, each claim's verdict and the
+    runs that did not finish."""
+    lines = []
+    main_table = report_dir / "main_table.md"
+    if main_table.is_file():  # its first table: accuracy with strict answer extraction
+        blocks = main_table.read_text(encoding="utf-8").split("\n\n")
+        table = next((b for b in blocks if b.startswith("|")), "")
+        lines += ["", "main table (accuracy %, strict extraction; all tables: main_table.md):", table]
+    claims = report_dir / "claims.md"
+    if claims.is_file():
+        lines += ["", "the paper's claims at this scale (claims.md):"]
+        for row in claims.read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in row.strip().strip("|").split("|")]
+            if (
+                len(cells) == 8 and cells[0].isdigit()
+            ):  # claim, comparison, statistic, A, B, diff, seeds, verdict
+                lines.append(
+                    f"  {cells[0]}  {cells[1]:<34} {cells[2].split(';')[0]:<48} {cells[7].replace('**', '')}"
+                )
+    unfinished = []
+    for result in sorted(runs_dir.glob("*/result.json")):
+        stages = json.loads(result.read_text(encoding="utf-8"))
+        bad = [
+            f"{s} {stages[s]['status']}"
+            for s in ("train", "evaluation")
+            if stages.get(s, {}).get("status") not in (None, "finished")
+        ]
+        if bad:
+            unfinished.append(f"  {result.parent.name}: {', '.join(bad)}")
+    if unfinished:
+        lines += ["", "runs that did not finish (run the same command again to resume them):", *unfinished]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    _, args, overrides = CLI.parse(sys.argv[1:] if argv is None else argv)
     scale = args.get("scale", "mini")
     if scale not in SCALES:
-        print(f"error: scale={scale!r}; use one of {', '.join(SCALES)}", file=sys.stderr)
-        return 2
+        CLI.fail(f"scale={scale!r}; use one of {', '.join(SCALES)}")
     update = args.get("update_reference", "false").lower() in ("1", "true", "yes")
     dirs = {
         "results": args.get("results_dir", REFERENCE_RUNS_DIR if update else RESULTS_DIR),
@@ -102,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(
             Path(dirs["results"]) / exp / "replicate_timing.json", {"scale": scale, "stages": timings}
         )
+    print(outcome(Path(dirs["out"]) / exp, Path(dirs["results"]) / exp))
     print(f"\nreplicate-sorsa (scale={scale}, experiment={exp})")
     for t in timings:
         print(f"  {t['stage']:<26} {t['seconds']:>8.1f} s{'' if t['exit_code'] == 0 else '  FAILED'}")

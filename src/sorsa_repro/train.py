@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 import sorsa_repro.training  # noqa: F401  (registers ${run_id:} before Hydra composes)
+from sorsa_repro.console import configure_console, hydra_verbose
 from sorsa_repro.layout import CONF_DIR
 
 log = logging.getLogger("sorsa_repro.train")
@@ -35,6 +36,7 @@ def run_job(cfg: DictConfig) -> dict:
     from sorsa_repro.training.distributed import is_global_zero, release_process_group
     from sorsa_repro.training.task import claim_run_folder, prepare_training, train_in_folder
 
+    configure_console(hydra_verbose(), lightning=True)
     run_dir = Path(cfg.run_dir)
     try:
         prepared = prepare_training(cfg)  # validation and data: nothing is written when they fail
@@ -45,12 +47,31 @@ def run_job(cfg: DictConfig) -> dict:
                 from sorsa_repro.evaluation.run import evaluate_after_training
 
                 evaluate_after_training(run_dir, cfg)
+        if is_global_zero():
+            print(run_summary(run_dir), flush=True)
         return {"run_dir": str(run_dir), "status": "ok", "error": None}
     except Exception as err:
         log.exception("run %s failed", run_dir)
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
             raise
         return {"run_dir": str(run_dir), "status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def run_summary(run_dir: Path) -> str:
+    """What a training command ends on: the run folder, steps, final loss, time, and the scores if evaluated."""
+    from sorsa_repro.evaluation.summary import score_table
+    from sorsa_repro.results import load_result
+
+    result = load_result(run_dir)
+    train = result.get("train", {})
+    loss = train.get("final_loss")
+    lines = [
+        f"run {run_dir}: {train.get('steps')} steps, final loss "
+        f"{'–' if loss is None else f'{loss:.4f}'}, training {train.get('wall_time_s') or 0:.0f} s"
+    ]
+    if result.get("eval"):
+        lines.append(score_table(result["eval"]))
+    return "\n".join(lines)
 
 
 @contextmanager

@@ -187,6 +187,8 @@ class VLLMBackend:
         max_model_len: int | None = None,
         seed: int = 0,
     ):
+        from sorsa_repro.console import verbose
+
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             set_vllm_cpu_env()
@@ -205,6 +207,7 @@ class VLLMBackend:
             else enforce_eager,  # CPU: ~25 s start, not ~100
             max_model_len=max_model_len,
             seed=seed,
+            use_tqdm_on_load=verbose(),
         )
         self.tokenizer = self.llm.get_tokenizer()
 

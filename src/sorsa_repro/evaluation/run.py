@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from sorsa_repro.evaluation.backends import (
     resolve_backend,
     timed_generate,
 )
+from sorsa_repro.evaluation.summary import grader_versions, summarise
+from sorsa_repro.evaluation.targets import MERGED_DIR, merged_with_adapter, resolve_target
 from sorsa_repro.evaluation.tasks import (
     BENCHMARKS,
     DEFAULT_GENERATION,
@@ -43,6 +44,7 @@ from sorsa_repro.evaluation.tasks import (
 )
 from sorsa_repro.results import (
     LOCK_HELD_ENV,
+    atomic_dir,
     atomic_write_text,
     load_result,
     run_folder_lock,
@@ -53,9 +55,7 @@ from sorsa_repro.results import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = GENERATION_PROTOCOLS[DEFAULT_GENERATION].max_new_tokens
-MERGED_DIR = "merged"
 PREDICTIONS_DIR = "predictions"
-DEFAULT_OUT_ROOT = Path("results") / "eval"
 VLLM_CHUNK_SIZE = 256
 
 
@@ -67,7 +67,8 @@ class EvalConfig:
     model: str | None = (
         None  # or a model: local folder, hub id, smollm2-135m-instruct (or tiny-random, hf only)
     )
-    out_dir: str | None = None  # for model=: where to write; default results/eval/<model name>/
+    out_dir: str | None = None  # for model=: where to write; default results/eval/<model or adapter name>/
+    adapter: str | None = None  # with model=: a peft or SORSA adapter folder, merged into the model first
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     limit: int | dict | None = None  # first N problems: one int for all, or per benchmark; None = all
     # stop strings and token budgets of a reference's evaluation (evaluation/tasks.py): sorsa-v1 |
@@ -106,6 +107,10 @@ class EvalConfig:
         if (self.run is None) == (self.model is None):
             raise ValueError(
                 "give exactly one of run=<run folder> or model=<path, hub id or smollm2-135m-instruct>"
+            )
+        if self.adapter is not None and self.model is None:
+            raise ValueError(
+                "adapter= goes with model=<its base model> (a run folder's model is already merged)"
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
@@ -164,54 +169,6 @@ class EvalConfig:
         return generation_protocol(self.generation).stop
 
 
-# ---------------------------------------------------------------------------------------------- targets
-
-
-def model_dir_name(model: str) -> str:
-    """A folder name for a model: a local folder's name (``<parent>-merged`` for a merged export), else the id."""
-    path = Path(model).expanduser()
-    if path.exists():
-        name = f"{path.resolve().parent.name}-merged" if path.name == MERGED_DIR else path.resolve().name
-    else:
-        name = model.replace("/", "__")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1  # hub ids are "name" or "org/name"
-
-
-def resolve_target(cfg: EvalConfig, backend: str, have_model: bool = False) -> tuple[str | None, Path]:
-    """(model reference for the backend, output folder), checked without loading anything."""
-    from sorsa_repro.models import OFFLINE_MODEL, TINY_MODEL
-
-    if cfg.run is not None:
-        run_dir = Path(cfg.run).expanduser()
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"run folder {run_dir} does not exist")
-        merged = run_dir / MERGED_DIR
-        if have_model:
-            return None, run_dir
-        if not (merged / "config.json").is_file():
-            raise FileNotFoundError(
-                f"run folder {run_dir} has no merged model ({merged}/config.json): evaluation reads the merged "
-                "export the training pipeline writes after training; finish or re-run the training first"
-            )
-        return str(merged), run_dir
-    model = str(cfg.model)
-    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else DEFAULT_OUT_ROOT / model_dir_name(model)
-    if have_model or model in (OFFLINE_MODEL, TINY_MODEL):
-        if model == TINY_MODEL and backend == "vllm":
-            raise ValueError(f"model={TINY_MODEL} is built in memory; vllm needs a folder, use backend=hf")
-        return model, out_dir
-    path = Path(model).expanduser()
-    if path.exists() or _looks_like_path(model):
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {path} does not exist or has no config.json")
-        return str(path), out_dir
-    return model, out_dir  # a hub id
-
-
 # ---------------------------------------------------------------------------------------------- predictions
 
 
@@ -239,12 +196,6 @@ def write_predictions(path: Path, rows: list[dict | None], kept: list[dict] = ()
     """This call's rows in dataset order, then rows of earlier calls it did not cover (a larger limit)."""
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in [*rows, *kept] if r is not None]
     atomic_write_text(path, "".join(lines))
-
-
-def _grader_versions(benchmark: str) -> dict[str, str]:
-    from sorsa_repro.evaluation.graders import GRADER_VERSIONS, GRADERS
-
-    return {g: GRADER_VERSIONS[g] for g in GRADERS[benchmark]}
 
 
 def grade(benchmark: str, completion: str, reference: str) -> dict:
@@ -288,7 +239,7 @@ def make_row(
         "gold": graded["gold"],
         "correct": graded["correct"],
         "timeouts": graded.get("timeouts", {}),  # grader -> modes whose check ran out of time (counted wrong)
-        "grader_versions": _grader_versions(benchmark),
+        "grader_versions": grader_versions(benchmark),
     }
 
 
@@ -305,37 +256,13 @@ def _reusable(row: dict | None, prompt: str, max_new_tokens: int, generation: st
 
 def _regrade(benchmark: str, row: dict, reference: str) -> dict:
     """A reused row graded again when a grader's version changed since it was written."""
-    if row.get("grader_versions") == _grader_versions(benchmark):
+    if row.get("grader_versions") == grader_versions(benchmark):
         return row
     graded = grade(benchmark, row["completion"], reference)
     fresh = {
         k: graded.get(k, {}) for k in ("strict_answer", "flexible_answer", "gold", "correct", "timeouts")
     }
-    return {**row, **fresh, "grader_versions": _grader_versions(benchmark)}
-
-
-def summarise(benchmark: str, rows: list[dict]) -> dict:
-    versions = _grader_versions(benchmark)
-    n = len(rows)
-    scores = {}
-    for grader, version in versions.items():
-        n_strict = sum(bool(r["correct"][grader]["strict"]) for r in rows)
-        n_flexible = sum(bool(r["correct"][grader]["flexible"]) for r in rows)
-        scores[grader] = {
-            "version": version,
-            "strict": n_strict / n if n else None,
-            "flexible": n_flexible / n if n else None,
-            "n_strict": n_strict,
-            "n_flexible": n_flexible,
-            # checks that ran out of time even on retry: counted wrong, reported apart from wrong answers
-            "n_timeouts": sum("strict" in (r.get("timeouts") or {}).get(grader, ()) for r in rows),
-        }
-    return {
-        "n": n,
-        "scores": scores,
-        "n_length_cut": sum(r.get("finish_reason") == "length" for r in rows),  # hit max_new_tokens
-        "mean_new_tokens": sum(r["n_tokens"] for r in rows) / n if n else None,
-    }
+    return {**row, **fresh, "grader_versions": grader_versions(benchmark)}
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -475,6 +402,14 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
     # what can fail without a model (a missing export, missing data) fails here and writes nothing
     model_ref, out_dir = resolve_target(cfg, backend_name, have_model=model is not None)
     examples = {b: load_eval_examples(b, cfg.limit_for(b), cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
+    given_model = model is not None
+    if cfg.adapter is not None and not given_model:
+        model, tokenizer = merged_with_adapter(model_ref, cfg.adapter, cfg.dtype)
+        if backend_name == "vllm":  # vLLM reads a folder: the merged model goes to <out_dir>/merged/
+            with atomic_dir(out_dir / MERGED_DIR) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            model_ref, model, tokenizer = str(out_dir / MERGED_DIR), None, None
     logger.info("evaluating %s with %s into %s", model_ref or "the given model", backend_name, out_dir)
     run_folder = cfg.run is not None
     import torch
@@ -500,10 +435,14 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
         try:
             if cfg.model is not None and "provenance" not in load_result(out_dir):
                 # a bare model's folder has no training provenance: say what was evaluated
-                update_result(out_dir, {"provenance": {**provenance(), "model": cfg.model}})
+                update_result(
+                    out_dir, {"provenance": {**provenance(), "model": cfg.model, "adapter": cfg.adapter}}
+                )
             # names that mean the same on another machine: the run's own export, or the model as given
             name = MERGED_DIR if run_folder else (cfg.model or f"in-memory {type(model).__name__}")
-            if model is not None:
+            if cfg.adapter is not None:
+                name = f"{cfg.model} + adapter {cfg.adapter}"
+            elif given_model:
                 name = f"in-memory {type(model).__name__}" + (
                     " (the run's merged model)" if run_folder else ""
                 )

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sorsa_repro.evaluation.summary import Z975, wilson
 from sorsa_repro.reporting.aggregate import Run, Summary, method_name
 from sorsa_repro.results import atomic_write_text
 
@@ -38,7 +39,6 @@ CLAIMS_FILE = "claims.md"
 # two-sided 95% Student-t quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df))
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
-Z975 = 1.959964
 GAMMA0 = "variant=gamma0"
 
 
@@ -57,16 +57,6 @@ def paired_interval(diffs: list[float]) -> tuple[float, float, float] | None:
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
     return mean, mean - half, mean + half
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion k / n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p, z2 = k / n, Z975**2
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z975 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar_p(a_only: int, b_only: int) -> float:

@@ -20,9 +20,10 @@ import importlib
 import importlib.util
 import sys
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from sorsa_repro.cli_args import KeyValueCli
 from sorsa_repro.layout import LOCAL_TABLES_DIR, PAPER_NUMBERS, REFERENCE_RUNS_DIR, RESULTS_DIR
 from sorsa_repro.reporting.aggregate import load_experiment
 from sorsa_repro.reporting.claims import scale_note, write_claims
@@ -47,20 +48,34 @@ class ReportArgs:
     seeds: str = ""
 
 
+CLI = KeyValueCli(
+    prog="sorsa-report",
+    summary="Tables, figures, claims and the reproducibility verdict of an experiment, generated only from its "
+    "run folders; every command also rewrites <out_dir>/<experiment>/README.md.",
+    commands={
+        "tables": "main (and rank) tables in Markdown and LaTeX, summary.csv, claims.md",
+        "plots": "loss and orthonormal-penalty curves (mean over seeds with a band)",
+        "all": "tables + plots",
+        "analysis": "spectral-change figures and tables from the runs' spectral.csv",
+        "verdict": "your runs against the committed reference runs: REPRODUCED or not, and where they differ",
+    },
+    keys={
+        "experiment": "the experiment (required): mini, smoke, small, paper_llama2_7b, ...",
+        "results_dir": f"the run folders are <results_dir>/<experiment>/ (default {RESULTS_DIR})",
+        "out_dir": f"outputs go to <out_dir>/<experiment>/ (default {LOCAL_TABLES_DIR})",
+        "reference": "the paper's numbers (default paper_tables/reference.yaml)",
+        "reference_runs": f"the committed runs verdict compares with (default {REFERENCE_RUNS_DIR})",
+        "seeds": "the seeds you expect, e.g. 0,1,2 (a missing one is reported)",
+    },
+)
+
+
 def parse_args(argv: list[str]) -> tuple[str, ReportArgs]:
-    usage = f"usage: sorsa-report {{{','.join(COMMANDS)}}} experiment=<name> [key=value ...]; keys: "
-    usage += ", ".join(f.name for f in fields(ReportArgs))
-    if not argv or argv[0] not in COMMANDS:
-        raise SystemExit(usage)
-    args = ReportArgs()
-    for item in argv[1:]:
-        key, sep, value = item.partition("=")
-        if not sep or key not in {f.name for f in fields(ReportArgs)}:
-            raise SystemExit(f"bad argument {item!r}\n{usage}")
-        setattr(args, key, value)
+    command, values, _ = CLI.parse(argv)
+    args = ReportArgs(**values)
     if not args.experiment:
-        raise SystemExit(f"experiment=<name> is required\n{usage}")
-    return argv[0], args
+        CLI.fail("experiment=<name> is required")
+    return command, args
 
 
 def run(command: str, args: ReportArgs) -> list[Path]:

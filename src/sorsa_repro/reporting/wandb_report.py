@@ -18,10 +18,11 @@ from __future__ import annotations
 import netrc
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sorsa_repro.cli_args import KeyValueCli
 from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR
 from sorsa_repro.reporting.aggregate import METHOD_ORDER, Summary, load_experiment, method_name, ordered
 from sorsa_repro.reporting.claims import claim_rows, scale_note
@@ -168,16 +169,30 @@ def _from_configs(summary: Summary, key: str) -> str:
     return ""
 
 
+CLI = KeyValueCli(
+    prog="python -m sorsa_repro.reporting.wandb_report",
+    summary="A W&B report of an experiment's runs (accuracy and claims tables, loss curves, config "
+    "differences). Needs a W&B API key (WANDB_API_KEY or `wandb login`); offline it says so and exits 0.",
+    keys={
+        "experiment": "the experiment (required), e.g. mini",
+        "entity": "W&B entity (default $WANDB_ENTITY, else the runs' logger config, else your user)",
+        "project": "W&B project (default $WANDB_PROJECT, else the runs' logger config)",
+        "results_dir": f"the run folders are <results_dir>/<experiment>/ (default {RESULTS_DIR})",
+        "out_dir": f"the local report it points at offline (default {LOCAL_TABLES_DIR})",
+        "experiment_key": "W&B config key holding the experiment name (default experiment_name)",
+        "method_key": "W&B config key holding the method name (default method.name)",
+        "x_key": "W&B step key (default trainer/global_step, Lightning's)",
+        "loss_key": "W&B loss key (default train/loss)",
+        "ortho_key": "W&B orthonormal-penalty key (default train/ortho_penalty)",
+    },
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = WandbArgs()
-    names = {f.name for f in fields(WandbArgs)}
-    for item in sys.argv[1:] if argv is None else argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in names:
-            raise SystemExit(f"bad argument {item!r}; keys: {', '.join(sorted(names))}")
-        setattr(args, key, value)
+    _, values, _ = CLI.parse(sys.argv[1:] if argv is None else argv)
+    args = WandbArgs(**values)
     if not args.experiment:
-        raise SystemExit("experiment=<name> is required")
+        CLI.fail("experiment=<name> is required")
     args.entity = args.entity or os.environ.get("WANDB_ENTITY", "")
     args.project = args.project or os.environ.get("WANDB_PROJECT", "")
     reason = offline_reason()
