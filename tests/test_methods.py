@@ -5,6 +5,8 @@ Tolerances are "relative to scale": max |actual - expected| <= tol * max |expect
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 
 import numpy as np
@@ -12,8 +14,8 @@ import peft.tuners.lora.layer as peft_lora_layer
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
-from safetensors.torch import load_file
+from peft import AutoPeftModelForCausalLM, PeftModel
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -27,11 +29,12 @@ from sorsa_repro.methods import (
     merge_sorsa,
     orthonormal_penalty,
     save_adapter,
+    save_sorsa_lora,
     trainable_params_on_meta,
 )
-from sorsa_repro.methods.peft_methods import lora_layers
+from sorsa_repro.methods.peft_methods import INITIAL_ADAPTER, lora_layers
 from sorsa_repro.methods.sorsa import SORSALinear, sorsa_layers, top_r_svd
-from sorsa_repro.models import tiny_llama_config
+from sorsa_repro.models import OFFLINE_MODEL, cache_dir, tiny_llama_config
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -227,18 +230,149 @@ EXACT_ROUND_TRIPS = [(m, "float32") for m in [*ADAPTERS, "pissa_niter_4"]] + [
 ]
 
 
+def saved_tensors(folder) -> dict[str, torch.Tensor]:
+    return {
+        f"{f.name}:{k}": v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()
+    }
+
+
 @pytest.mark.parametrize(("method", "dtype"), EXACT_ROUND_TRIPS)
 def test_adapter_round_trip_is_bit_identical(tiny_model_factory, tiny_input_ids, tmp_path, method, dtype):
+    """PiSSA/OLoRA are saved as a converted rank-2r LoRA; the project's loader splits it back into the
+    residual base and the rank-r factors they trained with. Saving the loaded model writes the same files."""
     model = apply_method(tiny_model_factory(seed=3, dtype=dtype), {"name": method, "rank": RANK})
     perturb_trainable(model)
     trained = logits(model, tiny_input_ids)
-    save_adapter(model, tmp_path)
+    save_adapter(model, tmp_path / "first")
 
     fresh = tiny_model_factory(seed=3, dtype=dtype)
     with pytest.MonkeyPatch.context() as mp:  # the loader rebuilds residuals from stored factors, no SVD
         forbid_svd(mp)
-        loaded = load_adapter(fresh, tmp_path)
+        loaded = load_adapter(fresh, tmp_path / "first")
     assert torch.equal(logits(loaded, tiny_input_ids), trained)
+    save_adapter(loaded, tmp_path / "again")
+    first, again = saved_tensors(tmp_path / "first"), saved_tensors(tmp_path / "again")
+    assert sorted(first) == sorted(again) and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_loader_reads_pissa_adapters_saved_before_the_conversion(
+    tiny_model_factory, tiny_input_ids, tmp_path
+):
+    """The earlier format: the rank-r PiSSA adapter as peft saves it, plus the initial factors file."""
+    model = apply_method(tiny_model_factory(seed=3), {"name": "pissa", "rank": RANK})
+    perturb_trainable(model)
+    model.save_pretrained(tmp_path, save_embedding_layers=False)
+    save_file(model.initial_adapter_state, str(tmp_path / INITIAL_ADAPTER))
+    loaded = load_adapter(tiny_model_factory(seed=3), tmp_path)
+    assert torch.equal(logits(loaded, tiny_input_ids), logits(model, tiny_input_ids))
+
+
+# Plain peft on the unmodified base against the merged trained model, float32: the adapter's delta is added
+# to W instead of W_res (PiSSA/OLoRA, SORSA) and the factors are multiplied in another order, so the logits
+# agree to float32 rounding, not bit for bit. Measured max |diff| <= 6e-7 at a logit scale ~1.
+PLAIN_PEFT_TOL = 1e-5
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_plain_peft_loads_the_saved_adapter_on_the_unmodified_base(
+    tiny_model_factory, tiny_input_ids, tmp_path, method
+):
+    """``PeftModel.from_pretrained(fresh base, adapter)`` gives the trained model: PiSSA/OLoRA are saved as
+    a plain LoRA of rank 2r (init_lora_weights true), so peft does not re-run their init on the base."""
+    model = apply_method(tiny_model_factory(seed=3), {"name": method, "rank": RANK})
+    perturb_trainable(model)
+    save_adapter(model, tmp_path, base_model="org/base-model")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    converted = method in ("pissa", "olora")
+    assert config["init_lora_weights"] is True and config["r"] == (2 * RANK if converted else RANK)
+    assert config["base_model_name_or_path"] == "org/base-model"
+
+    with pytest.MonkeyPatch.context() as mp:
+        forbid_svd(mp)
+        loaded = PeftModel.from_pretrained(tiny_model_factory(seed=3), tmp_path)
+    got, want = logits(loaded, tiny_input_ids), logits(merge_model(model), tiny_input_ids)
+    assert rel_err(got, want) <= PLAIN_PEFT_TOL
+    assert rel_err(want, logits(tiny_model_factory(seed=3), tiny_input_ids)) > 1e-2  # it is not the base
+
+
+@pytest.mark.parametrize("alpha", [None, 2 * RANK])
+def test_sorsa_lora_export_loads_with_plain_peft(tiny_model_factory, tiny_input_ids, tmp_path, alpha):
+    """The SORSA weight change W - W0 = scale (U S Vt - U0 S0 V0t) as a rank-2r peft LoRA (scaling 1): plain
+    peft and AutoPeftModelForCausalLM (which finds the base by its recorded name) give the merged model."""
+    base_dir = tmp_path / "base"
+    tiny_model_factory(seed=3).save_pretrained(base_dir)
+    model = apply_method(tiny_model_factory(seed=3), {"name": "sorsa", "rank": RANK, "alpha": alpha})
+    perturb_trainable(model)
+    save_sorsa_lora(model, tmp_path / "lora", base_model=str(base_dir))
+    want = logits(merge_sorsa(model), tiny_input_ids)
+
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 2 * RANK, 2 * RANK)
+    assert config["init_lora_weights"] is True and config["base_model_name_or_path"] == str(base_dir)
+    assert sorted(config["target_modules"]) == sorted(DEFAULT_TARGETS)
+    keys = load_file(str(tmp_path / "lora" / "adapter_model.safetensors"))
+    assert len(keys) == 2 * len(find_targets(tiny_model_factory(), DEFAULT_TARGETS))
+    assert all(k.startswith("base_model.model.model.layers.") for k in keys)  # peft's (and vLLM's) names
+
+    loaded = PeftModel.from_pretrained(tiny_model_factory(seed=3), tmp_path / "lora")
+    assert rel_err(logits(loaded, tiny_input_ids), want) <= PLAIN_PEFT_TOL
+    auto = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "lora").eval()
+    assert rel_err(logits(auto, tiny_input_ids), want) <= PLAIN_PEFT_TOL
+    assert rel_err(want, logits(tiny_model_factory(seed=3), tiny_input_ids)) > 1e-2
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+@pytest.mark.parametrize("method", ["lora", "pissa", "olora", "sorsa"])
+def test_vllm_reads_the_peft_adapters(tiny_model_factory, tmp_path, method):
+    """vLLM's own adapter reader (what ``--enable-lora`` uses, no engine needed) accepts every peft folder:
+    ranks 2r for PiSSA/OLoRA and SORSA's export, scaling 1 for them, the 14 target layers found."""
+    from vllm.config.lora import LoRAConfig
+    from vllm.lora.lora_model import LoRAModel
+    from vllm.lora.peft_helper import PEFTHelper
+
+    base = tiny_model_factory(seed=3)
+    targets = find_targets(base, DEFAULT_TARGETS)
+    model = apply_method(base, {"name": method, "rank": RANK})
+    (save_sorsa_lora if method == "sorsa" else save_adapter)(model, tmp_path)
+    helper = PEFTHelper.from_local_dir(str(tmp_path), max_position_embeddings=1024)
+    helper.validate_legal(LoRAConfig(max_lora_rank=2 * RANK))  # raises for init_lora_weights="pissa"
+    assert helper.r == (RANK if method == "lora" else 2 * RANK) and helper.vllm_lora_scaling_factor == 1.0
+    loaded = LoRAModel.from_local_checkpoint(
+        str(tmp_path), set(DEFAULT_TARGETS), helper, device="cpu", dtype=torch.float32
+    )
+    assert sorted(loaded.loras) == sorted(targets)
+
+
+def test_base_model_id_is_the_hub_id_or_the_given_name():
+    from sorsa_repro.models import base_model_id
+
+    hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_model_id(OFFLINE_MODEL) == hub
+    assert base_model_id(cache_dir() / "models" / OFFLINE_MODEL) == hub  # never the local cache folder
+    assert base_model_id("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+    assert base_model_id("tiny-random") == "tiny-random" and base_model_id(None) is None
+
+
+@pytest.mark.parametrize("method", ["lora", "pissa", "sorsa"])
+def test_adapter_configs_record_the_base_model_name(tiny_model_factory, tmp_path, method):
+    """The name given (the offline model's short name becomes its hub id); without one, the name the model
+    was loaded from, which for the offline model is its cache folder: recorded as the hub id too."""
+    hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model = apply_method(tiny_model_factory(), {"name": method, "rank": RANK})
+    save_adapter(model, tmp_path / "given", base_model=OFFLINE_MODEL)
+    model.config._name_or_path = str(cache_dir() / "models" / OFFLINE_MODEL)  # as from_pretrained sets it
+    save_adapter(model, tmp_path / "default")
+    for folder in ("given", "default"):
+        if method == "sorsa":
+            assert json.loads((tmp_path / folder / "sorsa_config.json").read_text())["base_model"] == hub
+        else:
+            config = json.loads((tmp_path / folder / "adapter_config.json").read_text())
+            assert config["base_model_name_or_path"] == hub
+    if method == "sorsa":
+        save_sorsa_lora(model, tmp_path / "lora", base_model=OFFLINE_MODEL)
+        config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == hub
 
 
 @pytest.mark.parametrize("method", ["pissa", "olora"])

@@ -3,6 +3,12 @@
 ``cfg`` is a mapping (or MethodConfig) with at least ``name``, ``rank``, ``target_modules``; SORSA
 also ``alpha``, ``svd`` (exact | randomized), ``niter``. Everything is validated against the model
 before any SVD runs.
+
+Saved adapters (``save_adapter``): LoRA, DoRA, PiSSA and OLoRA as standard peft adapters that
+``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA converted to a rank-2r LoRA:
+``peft_methods``); SORSA in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
+change as a rank-2r peft LoRA adapter (``sorsa``). ``load_adapter`` restores any of them as trained.
+Every config records the base model as its hub id or the name the user gave (``base_model_id``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "merge_sorsa",
     "orthonormal_penalty",
     "save_adapter",
+    "save_sorsa_lora",
     "trainable_params_on_meta",
 ]
 
@@ -54,7 +61,9 @@ def validate(model: nn.Module, cfg: MethodConfig) -> list[str]:
         raise ValueError(
             f"target_modules {list(cfg.target_modules)} match no nn.Linear in {type(model).__name__}"
         )
-    if cfg.name != "full":
+    if cfg.name == "peft":
+        peft_methods.read_peft_config(cfg.config)  # a missing or malformed file fails here
+    elif cfg.name != "full":
         for name in targets:
             out_f, in_f = model.get_submodule(name).weight.shape
             if cfg.rank > min(out_f, in_f):
@@ -83,6 +92,11 @@ def apply_method(model: nn.Module, cfg: Mapping | MethodConfig) -> nn.Module:
             cfg.svd,
             cfg.niter,
         )
+    elif cfg.name == "peft":
+        config = peft_methods.read_peft_config(cfg.config)
+        if config.target_modules is None:  # peft would guess by architecture; the protocol's targets instead
+            config.target_modules = sorted({n.rsplit(".", 1)[-1] for n in targets})
+        model = peft_methods.apply_peft(model, config)
     else:
         config = peft_methods.lora_config(
             cfg.name,
@@ -181,16 +195,32 @@ def merge_model(model: nn.Module) -> nn.Module:
     return merge_sorsa(model)
 
 
+def _base_name(model: nn.Module, base_model: str | None) -> str | None:
+    """``base_model`` or the name the model was loaded from, as ``base_model_id`` records it."""
+    config = getattr(model, "config", None)  # a PeftModel forwards .config to its base model
+    from sorsa_repro.models import base_model_id
+
+    return base_model_id(base_model or getattr(config, "name_or_path", None))
+
+
 def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
-    """Adapter-only files for SORSA and PEFT methods (full fine-tuning has no adapter)."""
+    """Adapter-only files for SORSA and PEFT methods (full fine-tuning has no adapter).
+
+    ``base_model``: the model name as given (hub id, local folder or a packaged name); default: the name the
+    model was loaded from."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        peft_methods.save_peft_adapter(model, path)
+        peft_methods.save_peft_adapter(model, path, _base_name(model, base_model))
     elif sorsa.sorsa_layers(model):
-        sorsa.save_sorsa_adapter(model, path, base_model)
+        sorsa.save_sorsa_adapter(model, path, _base_name(model, base_model))
     else:
         raise ValueError("save_adapter: the model has no adapter (full fine-tuning saves the merged model)")
+
+
+def save_sorsa_lora(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
+    """SORSA's weight change as a standard peft LoRA adapter of rank 2r (for plain peft and vLLM)."""
+    sorsa.save_sorsa_as_lora(model, path, _base_name(model, base_model))
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:

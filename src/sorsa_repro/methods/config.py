@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-METHODS = ("full", "lora", "pissa", "dora", "olora", "sorsa")
+METHODS = ("full", "lora", "pissa", "dora", "olora", "sorsa", "peft")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # keys a Hydra method config carries for the trainer, not for building the model
 TRAINING_KEYS = {
@@ -16,6 +16,7 @@ TRAINING_KEYS = {
     "ortho_accumulation",
     "ortho_coef",
     "residual_dtype",
+    "config_sha256",  # method=peft: the adapter config file's content, for the run's identity only
 }
 # settings users look for under method. that live elsewhere (a method key would be silently ignored)
 SET_ELSEWHERE = {"weight_decay": "train.weight_decay", "batch_size": "train.batch_size", "seed": "seed"}
@@ -23,7 +24,7 @@ SET_ELSEWHERE = {"weight_decay": "train.weight_decay", "batch_size": "train.batc
 
 @dataclass
 class MethodConfig:
-    name: str = field(metadata={"help": "full, lora, pissa, dora, olora, sorsa (or pissa_niter_K)"})
+    name: str = field(metadata={"help": "full, lora, pissa, dora, olora, sorsa (or pissa_niter_K), peft"})
     rank: int = field(default=128, metadata={"help": "adapter rank r"})
     alpha: float | None = field(
         default=None,
@@ -36,6 +37,9 @@ class MethodConfig:
     svd: str = field(default="exact", metadata={"help": "exact | randomized (SORSA, PiSSA)"})
     niter: int = field(default=4, metadata={"help": "subspace iterations of the randomized SVD"})
     adapter_dtype: str = field(default="float32", metadata={"help": "dtype of SORSA's factors"})
+    config: str | None = field(
+        default=None, metadata={"help": "method=peft: a peft adapter_config.json (or its folder)"}
+    )
 
     def __post_init__(self):
         match = re.fullmatch(r"pissa_niter_(\d+)", str(self.name))
@@ -43,7 +47,11 @@ class MethodConfig:
             self.name, self.svd, self.niter = "pissa", "randomized", int(match.group(1))
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; known: {', '.join(METHODS)} (or pissa_niter_K)")
-        if not isinstance(self.rank, int) or self.rank <= 0:
+        if (self.name == "peft") != (self.config is not None):
+            raise ValueError(
+                "method.config (a peft adapter_config.json) goes with method=peft, and only with it"
+            )
+        if not isinstance(self.rank, int) or self.rank < (0 if self.name == "peft" else 1):
             raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
         if self.alpha is not None and self.alpha <= 0:
             raise ValueError(f"alpha must be > 0 (or null for scale 1), got {self.alpha!r}")

@@ -6,6 +6,15 @@ U_p = U[:, :r], s_p = s[:r], V_p^T = V^T[:r, :] and keeps W_res = W - U_p diag(s
     y = x W_res^T + scale * ((x V_p) * s_p) U_p^T + bias
 
 computed factored, so the dense out x in update is never built in the forward pass.
+
+Saving: ``save_sorsa_adapter`` writes this project's format (trained and initial factors, exact round trip);
+``save_sorsa_as_lora`` exports the same weight change as a standard peft LoRA adapter that plain peft, and
+vLLM with ``--enable-lora``, load on the unmodified base model. With W0 = W_res + scale U0 S0 V0^T:
+
+    W - W0 = scale U S V^T - scale U0 S0 V0^T = [scale U S | -scale U0 S0] [V^T ; V0^T]    (rank <= 2r)
+
+so lora_B (out x 2r) = [scale U S | -scale U0 S0], lora_A (2r x in) = [V^T ; V0^T], r = lora_alpha = 2r
+(peft's scaling alpha / r = 1).
 """
 
 from __future__ import annotations
@@ -300,3 +309,37 @@ def load_sorsa_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                 getattr(layer, f"sorsa_{key}").copy_(tensors[f"{name}.sorsa_{key}"])
         model.set_submodule(name, layer)
     return model
+
+
+@torch.no_grad()
+def save_sorsa_as_lora(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
+    """The SORSA weight change as a rank-2r peft LoRA adapter (module docstring), in float32."""
+    from peft import LoraConfig
+
+    layers = sorsa_layers(model)
+    if not layers:
+        raise ValueError("save_sorsa_as_lora: the model has no SORSA layers")
+    tensors = {}
+    for name, layer in layers.items():
+        if layer.merged:
+            raise ValueError(f"unmerge layer {name} before saving the adapter")
+        u, s, vt = (t.detach().float().cpu() for t in (layer.sorsa_U, layer.sorsa_S, layer.sorsa_Vt))
+        u0, s0, vt0 = (t.float() for t in layer.init_factors)
+        prefix = f"base_model.model.{name}"  # peft's key names (peft.utils.save_and_load)
+        tensors[f"{prefix}.lora_A.weight"] = torch.cat([vt, vt0]).contiguous()
+        tensors[f"{prefix}.lora_B.weight"] = torch.cat([layer.scale * u * s, -layer.scale * u0 * s0], 1)
+    first = next(iter(layers.values()))
+    config = LoraConfig(
+        r=2 * first.rank,
+        lora_alpha=2 * first.rank,
+        lora_dropout=getattr(first.dropout, "p", 0.0),
+        target_modules=sorted({name.rsplit(".", 1)[-1] for name in layers}),
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+        inference_mode=True,
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(path))

@@ -21,6 +21,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 from sorsa_repro.results import atomic_dir
 
 OFFLINE_MODEL = "smollm2-135m-instruct"
+# what saved adapters record as the offline model's base (its weights are the Q4_1 GGUF dequantized, so on the
+# hub's own weights an adapter gives a slightly different model than in this project)
+OFFLINE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-random"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {
@@ -72,7 +75,7 @@ def offline_model_path(cache: str | os.PathLike | None = None) -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=gguf, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
     )
-    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config._name_or_path = OFFLINE_HUB_ID
     # written into a temp folder and renamed, so an interrupted conversion never leaves half a model
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
@@ -138,6 +141,16 @@ def load_base_model(
         model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **placement)
     model.eval()
     return model, tokenizer
+
+
+def base_model_id(name: str | os.PathLike | None) -> str | None:
+    """What an adapter config records as its base model: the hub id for the packaged offline model (its
+    short name or its local cache folder), otherwise ``name`` as the user gave it."""
+    if not name:
+        return None
+    if str(name) == OFFLINE_MODEL or Path(name) == cache_dir() / "models" / OFFLINE_MODEL:
+        return OFFLINE_HUB_ID
+    return str(name)
 
 
 def load_config(name: str, cache: str | os.PathLike | None = None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sorsa_repro.methods import MethodConfig, merge_model, save_adapter
+from sorsa_repro.methods import MethodConfig, merge_model, save_adapter, save_sorsa_lora
 from sorsa_repro.methods.config import TRAINING_KEYS
 from sorsa_repro.results import (
     atomic_dir,
@@ -55,6 +55,7 @@ CHECKPOINT = "checkpoints/last.ckpt"
 RUN_OUTPUTS = (
     "checkpoints",
     "adapter",
+    "adapter_lora",
     "merged",
     "predictions",
     "metrics.csv",
@@ -220,6 +221,9 @@ def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
     if cfg.train.save_adapter and method.name != "full":
         with atomic_dir(run_dir / "adapter") as tmp:
             save_adapter(model, tmp, base_model=cfg.model.name)
+    if cfg.train.save_adapter and method.name == "sorsa":  # adapter/ is SORSA's own format; this is peft's
+        with atomic_dir(run_dir / "adapter_lora") as tmp:
+            save_sorsa_lora(model, tmp, base_model=cfg.model.name)
     if cfg.train.export_merged:
         merged = merge_model(model)
         with atomic_dir(run_dir / "merged") as tmp:
