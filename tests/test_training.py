@@ -437,3 +437,41 @@ def test_compiled_training_matches_eager_training_and_keeps_parameter_names(tmp_
     assert list(keys[1]) == list(keys[0])  # checkpoints and exports read the same names
     merged = AutoModelForCausalLM.from_pretrained(compiled / "merged")
     assert not any("_orig_mod" in n or "sorsa" in n for n, _ in merged.named_parameters())
+
+
+@pytest.mark.slow
+def test_method_peft_with_a_lora_config_trains_exactly_like_method_lora(tmp_path):
+    from peft import LoraConfig
+
+    from sorsa_repro.methods import DEFAULT_TARGETS
+
+    config_dir = tmp_path / "my_lora"
+    LoraConfig(
+        r=4, lora_alpha=4, target_modules=list(DEFAULT_TARGETS), task_type="CAUSAL_LM"
+    ).save_pretrained(config_dir)
+    peft_cfg = tiny_cfg(tmp_path / "peft", "peft", f"method.config={config_dir}")
+    first_dir = str(peft_cfg.run_dir)  # resolved now: the config resolves again on each access
+    assert Path(first_dir).name.startswith("peft-r4-s0-")  # r read from the file
+    peft_run = run_training(peft_cfg)
+    lora_run = run_training(tiny_cfg(tmp_path / "lora", "lora"))
+    assert [r["loss"] for r in read_metrics(peft_run)] == [r["loss"] for r in read_metrics(lora_run)]
+    peft_result, lora_result = (json.loads((d / "result.json").read_text()) for d in (peft_run, lora_run))
+    assert peft_result["train"]["trainable_params"] == lora_result["train"]["trainable_params"]
+    assert peft_result["run"]["method"] == "peft" and peft_result["run"]["peft_config"] == "my_lora"
+    # the file's content is the run's identity: another config, another folder
+    LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGETS)).save_pretrained(config_dir)
+    assert tiny_cfg(tmp_path / "peft", "peft", f"method.config={config_dir}").run_dir != first_dir
+
+
+def test_method_peft_needs_a_readable_peft_config(tmp_path):
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    from sorsa_repro.training.validate import validate_config
+
+    with pytest.raises(InterpolationToMissingValueError, match="Missing mandatory value: method.config"):
+        validate_config(tiny_cfg(tmp_path, "peft"))
+    (tmp_path / "bad.json").write_text('{"r": 4}')
+    with pytest.raises(ValueError, match="not a peft adapter config"):
+        validate_config(tiny_cfg(tmp_path, "peft", f"method.config={tmp_path / 'bad.json'}"))
+    with pytest.raises(ValueError, match="goes with method=peft"):
+        validate_config(tiny_cfg(tmp_path, "lora", f"+method.config={tmp_path / 'bad.json'}"))

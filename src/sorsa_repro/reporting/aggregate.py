@@ -31,6 +31,7 @@ METHOD_NAMES = {
     "sorsa": "SORSA",
     "dora": "DoRA",
     "olora": "OLoRA",
+    "peft": "PEFT config",  # method=peft: any peft adapter config; its file name is the variant
 }  # one per name in methods.config.METHODS (a test checks)
 BENCH_ORDER = list(BENCHMARKS)
 GRADER_ORDER = ["metamath", "numeric", "lenient", "math_verify"]  # metamath first: the paper's comparison

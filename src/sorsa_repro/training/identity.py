@@ -54,5 +54,20 @@ def accumulation(global_batch: int, batch_size: int, devices, nodes=1) -> int:
     return int(global_batch) // per_round
 
 
+def _file_sha256(path: str) -> str:
+    from sorsa_repro.methods.peft_methods import peft_config_file
+
+    return hashlib.sha256(peft_config_file(path).read_bytes()).hexdigest()
+
+
+def _peft_rank(path: str) -> int:
+    from sorsa_repro.methods.peft_methods import peft_rank
+
+    return peft_rank(path)
+
+
 OmegaConf.register_new_resolver("run_id", _run_id, replace=True)
+# method=peft (conf/method/peft.yaml): the adapter config file's content is part of the identity, its r the name's
+OmegaConf.register_new_resolver("file_sha256", _file_sha256, replace=True)
+OmegaConf.register_new_resolver("peft_rank", _peft_rank, replace=True)
 OmegaConf.register_new_resolver("accumulation", accumulation, replace=True)

@@ -20,6 +20,11 @@ def run_block(cfg: DictConfig) -> dict:
     }
     if cfg.variant:
         block["variant"] = str(cfg.variant).lstrip("-")
+    if cfg.method.name == "peft":  # which adapter config: a variant of its own in the tables
+        from sorsa_repro.methods.peft_methods import peft_config_file
+
+        file = peft_config_file(cfg.method.config)
+        block["peft_config"] = file.parent.name if file.name == "adapter_config.json" else file.stem
     return block
 
 
