@@ -198,3 +198,19 @@ def test_evaluating_a_model_with_an_adapter_equals_evaluating_the_merged_run(tmp
         evaluate({"run": str(tmp_path), "adapter": str(tmp_path / "adapter"), "benchmarks": ["synthetic"]})
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         evaluate({**common, "adapter": str(tmp_path), "out_dir": str(tmp_path / "x")})
+
+
+# ---- W&B: online when logged in, as W&B users expect
+
+
+def test_wandb_logs_online_when_credentials_exist_and_offline_only_when_asked_or_without(tmp_path):
+    from sorsa_repro.wandb_mode import logger_mode
+
+    no_netrc = {"NETRC": str(tmp_path / "none")}
+    assert logger_mode(None, {**no_netrc, "WANDB_API_KEY": "k"}) == ("online", "W&B credentials found")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password secret\n")
+    assert logger_mode(None, {"NETRC": str(tmp_path / "netrc")})[0] == "online"  # after `wandb login`
+    mode, why = logger_mode(None, no_netrc)
+    assert mode == "offline" and "no W&B API key" in why
+    assert logger_mode(None, {**no_netrc, "WANDB_API_KEY": "k", "WANDB_MODE": "offline"})[0] == "offline"
+    assert logger_mode("disabled", {**no_netrc, "WANDB_API_KEY": "k"}) == ("disabled", "logger.mode")

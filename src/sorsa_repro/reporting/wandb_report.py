@@ -15,12 +15,10 @@ WandbLogger (``trainer/global_step``) and the metric names below.
 
 from __future__ import annotations
 
-import netrc
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from sorsa_repro.cli_args import KeyValueCli
 from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR
@@ -29,6 +27,7 @@ from sorsa_repro.reporting.claims import claim_rows, scale_note
 from sorsa_repro.reporting.claims import to_markdown as claims_markdown
 from sorsa_repro.reporting.reference import load_reference
 from sorsa_repro.reporting.tables import accuracy_table, to_markdown
+from sorsa_repro.wandb_mode import offline_reason
 
 
 @dataclass
@@ -43,23 +42,6 @@ class WandbArgs:
     x_key: str = "trainer/global_step"
     loss_key: str = "train/loss"
     ortho_key: str = "train/ortho_penalty"
-
-
-def offline_reason(env=None) -> str | None:
-    """Why the report cannot be built online, or None when a key is available and mode allows it."""
-    env = os.environ if env is None else env
-    mode = env.get("WANDB_MODE", "").lower()
-    if mode in ("offline", "disabled", "dryrun"):
-        return f"WANDB_MODE={mode}"
-    if env.get("WANDB_API_KEY"):
-        return None
-    host = urlparse(env.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:  # `wandb login` stores the key in ~/.netrc
-        if netrc.netrc(env.get("NETRC") or os.path.expanduser("~/.netrc")).authenticators(host):
-            return None
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "no W&B API key: WANDB_API_KEY unset and no `wandb login` entry in ~/.netrc"
 
 
 def offline_message(args: WandbArgs, reason: str) -> str:

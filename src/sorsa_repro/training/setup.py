@@ -169,8 +169,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path, trainable: int, total: int) ->
         return []
     from lightning.pytorch.loggers import WandbLogger
 
-    os.environ.setdefault("WANDB_MODE", "offline")  # no account needed; `wandb sync` uploads later
+    from sorsa_repro.wandb_mode import logger_mode
+
+    mode, why = logger_mode(cfg.logger.get("mode"))
+    log.info("W&B logging %s (%s)%s", mode, why, "; `wandb sync` uploads it later" if mode == "offline" else "")
     logger = WandbLogger(
+        mode=mode,
         project=cfg.logger.project,
         entity=cfg.logger.get("entity"),
         group=cfg.experiment_name,
