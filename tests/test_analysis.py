@@ -139,7 +139,7 @@ def _tiny_weights(model):
 
 
 def test_callback_records_without_changing_training(tmp_path):
-    from sorsa_repro.analysis import SpectralCallback
+    from sorsa_repro.training.spectral_callback import SpectralCallback
 
     cb = SpectralCallback(every_n_steps=2, k=3, target_modules=["q_proj"], weights_fn=_tiny_weights)
     with_cb = _train(tmp_path / "a", cb)
@@ -159,8 +159,8 @@ def test_callback_with_effective_weights(tmp_path, method):
     import lightning.pytorch as pl
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sorsa_repro.analysis import SpectralCallback
     from sorsa_repro.methods import apply_method
+    from sorsa_repro.training.spectral_callback import SpectralCallback
 
     class Wrapper(pl.LightningModule):
         def __init__(self):
@@ -267,21 +267,31 @@ def _fake_run(root, name, run_block, seed):
 
 
 def test_figures_regenerate_identically(tmp_path):
-    from sorsa_repro.analysis import write_analysis_figures
+    from sorsa_repro.reporting.aggregate import load_experiment
+    from sorsa_repro.reporting.spectral_figures import write_spectral_figures
 
     exp = tmp_path / "results" / "mini"
     _fake_run(exp, "sorsa-r8-s0", {"experiment": "mini", "method": "sorsa", "rank": 8, "seed": 0}, 0)
     _fake_run(exp, "sorsa-r8-s1", None, 1)  # method and seed from the folder name
     _fake_run(exp, "lora-r8-s0", None, 2)
+    gamma0 = {"experiment": "mini", "method": "sorsa", "rank": 8, "seed": 0, "variant": "gamma0"}
+    _fake_run(exp, "sorsa-gamma0-r8-s0", gamma0, 3)  # a variant: its own row, never averaged with SORSA
     (exp / "pissa-r8-s0").mkdir()  # a run without spectral.csv is skipped
 
-    paths = write_analysis_figures("mini", tmp_path / "results", tmp_path / "tables")
+    def write():
+        return write_spectral_figures(load_experiment(tmp_path / "results", "mini"), tmp_path / "tables")
+
+    paths = write()
     assert {p.name for p in paths} >= {"spectral_curves.png", "spectral_curves.pdf", "spectral_summary.md"}
     assert {p.name for p in paths} >= {"spectral_heatmap_d_d.pdf", "spectral_intruders.png"}
     first = {p: p.read_bytes() for p in paths}
-    assert write_analysis_figures("mini", tmp_path / "results", tmp_path / "tables") == paths
+    assert write() == paths
     assert all(p.read_bytes() == data for p, data in first.items())
 
-    summary = (tmp_path / "tables" / "mini" / "spectral_summary.md").read_text()
-    assert "| lora | 1 | 30 |" in summary and "| sorsa | 2 | 30 |" in summary and "±" in summary
-    assert write_analysis_figures("none", tmp_path / "results", tmp_path / "tables") == []
+    summary = (tmp_path / "tables" / "spectral_summary.md").read_text()
+    rows = [line.split(" | ")[:2] for line in summary.splitlines() if line.startswith("| ")][1:]  # no header
+    assert rows == [["| LoRA r=8", "1"], ["| SORSA r=8", "2"], ["| SORSA r=8 [variant=gamma0]", "1"]], summary
+    (exp / "lora-r8-s0" / "spectral.csv").unlink()
+    for run in ("sorsa-r8-s0", "sorsa-r8-s1", "sorsa-gamma0-r8-s0"):
+        (exp / run / "spectral.csv").unlink()
+    assert write() == []

@@ -34,7 +34,7 @@ from sorsa_repro.evaluation.backends import (
     resolve_backend,
     timed_generate,
 )
-from sorsa_repro.evaluation.summary import grader_versions, summarise
+from sorsa_repro.evaluation.summary import benchmark_summary, grader_versions
 from sorsa_repro.evaluation.targets import MERGED_DIR, merged_with_adapter, resolve_target
 from sorsa_repro.evaluation.tasks import (
     BENCHMARKS,
@@ -343,7 +343,7 @@ def _evaluate_benchmark(
     write_predictions(path, rows, kept)  # also when nothing was generated: regraded rows, dropped stale ones
     done = [r for r in rows if r is not None]
     summary = {
-        **summarise(benchmark, done),
+        **benchmark_summary(benchmark, done),
         "limit": cfg.limit_for(benchmark),
         "max_new_tokens": max_new,
         "generation_protocol": cfg.generation,

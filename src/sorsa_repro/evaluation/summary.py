@@ -17,7 +17,7 @@ def grader_versions(benchmark: str) -> dict[str, str]:
     return {g: GRADER_VERSIONS[g] for g in GRADERS[benchmark]}
 
 
-def summarise(benchmark: str, rows: list[dict]) -> dict:
+def benchmark_summary(benchmark: str, rows: list[dict]) -> dict:
     """Counts and accuracies per grader (strict and flexible extraction) of graded prediction rows."""
     n = len(rows)
     scores = {}

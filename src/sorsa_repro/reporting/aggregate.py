@@ -54,8 +54,10 @@ def bench_name(bench: str) -> str:
     return display_name(bench)
 
 
-def group_label(method: str, rank: int, variant: str = "") -> str:
-    label = method_name(method) + (f" r={rank}" if rank else "")
+def group_label(method: str, rank: int | None = None, variant: str = "") -> str:
+    """The one label of a (method, rank, variant) group in tables, figures, claims and READMEs ("SORSA r=16
+    [variant=gamma0]"); without a rank where a column or caption gives it."""
+    label = method_name(method) + (f" r={rank}" if rank and method != "full" else "")  # full FT has no rank
     return label + (f" [{variant}]" if variant else "")
 
 

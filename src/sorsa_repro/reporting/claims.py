@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from sorsa_repro.evaluation.summary import Z975, wilson
-from sorsa_repro.reporting.aggregate import Run, Summary, method_name
+from sorsa_repro.reporting.aggregate import Run, Summary, group_label
 from sorsa_repro.results import atomic_write_text
 
 CLAIMS_FILE = "claims.md"
@@ -157,7 +157,7 @@ def _groups(summary: Summary) -> dict[str, dict[int, Run]]:
 
 def _label(group: str) -> str:
     method, _, variant = group.partition(" [")
-    return method_name(method) + (f" [{variant}" if variant else "")
+    return group_label(method, variant=variant.removesuffix("]"))
 
 
 def _fmt(values: list[float], digits: int) -> str:

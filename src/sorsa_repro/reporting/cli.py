@@ -9,15 +9,12 @@ Keys: experiment (required), results_dir=results, out_dir=paper_tables/local (ou
 reference_runs=reference_runs (the committed runs ``verdict`` compares with), seeds=<expected seeds, e.g. 0,1,2>.
 Every command also rewrites <out_dir>/<experiment>/README.md.
 
-``analysis`` is the hook for the spectral-analysis figures: it calls
-``sorsa_repro.analysis.figures.write_analysis_figures(experiment, results_dir, out_dir) -> list[Path]``;
-the README then lists their PNGs and tables under "Other figures and tables".
+``analysis`` writes the spectral-analysis figures and table (``reporting.spectral_figures``) from the runs'
+spectral.csv; the README then lists them under "Other figures and tables".
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 import warnings
 from dataclasses import dataclass
@@ -32,10 +29,10 @@ from sorsa_repro.reporting.protocol import ProtocolMismatchError
 from sorsa_repro.reporting.readme import write_readme
 from sorsa_repro.reporting.reference import load_reference
 from sorsa_repro.reporting.reproducibility import reproducibility_verdict, to_markdown, write_verdict
+from sorsa_repro.reporting.spectral_figures import write_spectral_figures
 from sorsa_repro.reporting.tables import write_tables
 
 COMMANDS = ("tables", "plots", "all", "analysis", "verdict")
-ANALYSIS_MODULE = "sorsa_repro.analysis.figures"
 
 
 @dataclass
@@ -91,10 +88,7 @@ def run(command: str, args: ReportArgs) -> list[Path]:
     if command in ("plots", "all"):
         written += write_figures(summary, out_dir)
     if command == "analysis":
-        if importlib.util.find_spec(ANALYSIS_MODULE) is None:
-            raise SystemExit(f"no spectral analysis: {ANALYSIS_MODULE} not found")
-        module = importlib.import_module(ANALYSIS_MODULE)
-        written += module.write_analysis_figures(args.experiment, args.results_dir, args.out_dir)
+        written += write_spectral_figures(summary, out_dir)
     if command == "verdict":
         verdict = reproducibility_verdict(args.results_dir, args.reference_runs, args.experiment)
         written += write_verdict(verdict, out_dir)

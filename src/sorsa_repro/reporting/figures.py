@@ -7,8 +7,6 @@ the metadata that would vary between runs, so regenerated files are byte-identic
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.style
@@ -16,8 +14,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from sorsa_repro.reporting.aggregate import Run, Summary, bench_name, group_label, method_name, sort_key
+from sorsa_repro.reporting.aggregate import Run, Summary, bench_name, group_label, sort_key
 from sorsa_repro.reporting.protocol import check_protocol
+from sorsa_repro.results import atomic_write_bytes
 
 EMA_SPAN = 10  # one smoothing setting for every curve and method
 STYLE = {
@@ -99,7 +98,7 @@ def _rank_figure(summary: Summary) -> Figure:
         sel = stats[(stats["benchmark"] == bench) & (stats["grader"] == grader)]
         for (method, variant), g in sel.groupby(["method", "variant"], sort=False):
             g = g.sort_values("rank")
-            label = method_name(method) + (f" [{variant}]" if variant else "")
+            label = group_label(method, variant=variant)
             ax.errorbar(
                 g["rank"],
                 g["mean"],
@@ -119,17 +118,14 @@ def _rank_figure(summary: Summary) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig: Figure, out_dir: Path, stem: str, **savefig) -> list[Path]:
     """``stem``.png and ``stem``.pdf, each written atomically, without varying metadata."""
     paths = []
     for fmt, metadata in METADATA.items():
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, metadata=metadata)
-        path = out_dir / f"{stem}.{fmt}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
+        fig.savefig(buf, format=fmt, metadata=metadata, **savefig)
+        path = Path(out_dir) / f"{stem}.{fmt}"
+        atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
 

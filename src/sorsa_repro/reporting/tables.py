@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sorsa_repro.reporting.aggregate import GROUP_KEYS, Summary, bench_name, method_name
+from sorsa_repro.reporting.aggregate import GROUP_KEYS, Summary, bench_name, group_label, method_name
 from sorsa_repro.reporting.reference import citation, paper_model, paper_row
 from sorsa_repro.results import atomic_write_text
 
@@ -171,7 +171,7 @@ def accuracy_table(summary: Summary, mode: str, reference: dict, with_paper: boo
             table.header += [f"{bench_name(bench)} paper", f"Δ {bench_name(bench)}"]
     table.align += "r" * len(columns)
     for g in summary.groups.itertuples():
-        name = method_name(g.method) + (f" [{g.variant}]" if g.variant else "")
+        name = group_label(g.method, variant=g.variant)
         row = [name, g.rank or None, format_params(g.trainable_params), g.n_seeds]
         paper = paper_row(model, g.method, g.rank) or {}
         for bench, what in columns:
@@ -272,7 +272,7 @@ def rank_tables(summary: Summary) -> list[Table]:
             align="ll" + "r" * len(ranks),
         )
         for v in variants.itertuples():
-            name = method_name(v.method) + (f" [{v.variant}]" if v.variant else "")
+            name = group_label(v.method, variant=v.variant)
             for grader in summary.graders(bench):
                 cells = [_cell(stats, (v.method, r, v.variant, bench, grader)) for r in ranks]
                 table.rows.append([name, grader, *cells])

@@ -121,7 +121,7 @@ def _pretrained_spectra(cfg: DictConfig, model, dtype: str) -> dict | None:
     """SVDs of the pretrained target matrices the spectral callback compares with (once per sweep)."""
     if not cfg.train.spectral_every or not is_global_zero():
         return None
-    from sorsa_repro.analysis.callback import pretrained_svds
+    from sorsa_repro.training.spectral_callback import pretrained_svds
     from sorsa_repro.analysis.spectral import parse_layer_name
     from sorsa_repro.methods import find_targets
 
@@ -150,7 +150,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -
         TQDMProgressBar(refresh_rate=1),
     ]
     if cfg.train.spectral_every:
-        from sorsa_repro.analysis.callback import SpectralCallback
+        from sorsa_repro.training.spectral_callback import SpectralCallback
 
         callbacks.append(
             SpectralCallback(

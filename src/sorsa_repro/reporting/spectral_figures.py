@@ -1,6 +1,7 @@
 """Figures and a summary table from the runs' ``spectral.csv`` (``results/<experiment>/<run>/``).
 
-Written to ``paper_tables/<experiment>/``, each figure as PNG and PDF, byte-identical when regenerated:
+Built on the reporting's run loading (the protocol check included), group labels, order and figure saving;
+written to the experiment's report folder, each figure as PNG and PDF, byte-identical when regenerated:
 
 - ``spectral_curves``: d_sigma and d_d against step, per method the mean over layers, then the mean
   over seeds with a +-1 sample-std band;
@@ -9,14 +10,11 @@ Written to ``paper_tables/<experiment>/``, each figure as PNG and PDF, byte-iden
 - ``spectral_intruders``: intruder dimensions summed over layers at the last step, per method and eps;
 - ``spectral_summary.md``: the last-step numbers as a table.
 
-A method that ran at several ranks in one experiment appears once per rank (``lora-r8``, ``lora-r16``).
+Runs are grouped as in the tables: by method, rank and variant (SORSA and SORSA with gamma = 0 apart).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,10 +23,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sorsa_repro.results import UnreadableResultError, atomic_write_text, load_result
+from sorsa_repro.reporting.aggregate import Summary, group_label, sort_key
+from sorsa_repro.reporting.figures import save_figure
+from sorsa_repro.results import atomic_write_text
 
-_RUN_DIR = re.compile(r"^(?P<method>.+)-r(?P<rank>\d+)-s(?P<seed>\d+)(?:-[0-9a-f]{8})?$")
-_METHOD_ORDER = ["full", "lora", "pissa", "sorsa"]
 _MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LABELS = {
     "d_sigma": r"$\Delta\Sigma$",
@@ -36,51 +34,29 @@ LABELS = {
     "d_d": r"$\Delta D$",
     "d_d_topk": r"$\Delta D$ (top k)",
 }
-# no timestamps or version strings, so that regenerated files are byte-identical
-_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+SAVEFIG = {"dpi": 150, "bbox_inches": "tight"}
 
 
-def run_info(run_dir: Path) -> dict:
-    """experiment/method/rank/seed: result.json's "run" block, else parsed from ``<method>-r<rank>-s<seed>``."""
-    info = dict(load_result(run_dir).get("run") or {})
-    match = _RUN_DIR.match(run_dir.name)
-    if match:
-        for key, value in match.groupdict().items():
-            info.setdefault(key, value if key == "method" else int(value))
-    info.setdefault("method", run_dir.name)
-    info.setdefault("seed", 0)
-    return info
-
-
-def load_spectral(experiment: str, results_dir: str | Path = "results") -> pd.DataFrame:
-    """All runs' spectral.csv rows with ``run``, ``method``, ``rank``, ``seed`` and ``label`` columns."""
-    frames = []
-    for csv in sorted(Path(results_dir, experiment).glob("*/spectral.csv")):
-        try:
-            info = run_info(csv.parent)
-            df = pd.read_csv(csv)
-        except (UnreadableResultError, ValueError, OSError) as err:  # one bad run folder: skip it, say why
-            warnings.warn(f"{csv.parent}: left out of the spectral analysis ({err})", stacklevel=2)
+def load_spectral(summary: Summary) -> tuple[pd.DataFrame, list[str]]:
+    """All runs' spectral.csv rows with ``run``, ``seed`` and ``label`` columns (the tables' group label:
+    method, rank, variant), and the labels in the tables' order."""
+    frames, keys = [], {}
+    for run in summary.runs:
+        csv = run.path / "spectral.csv"
+        if run.problem or not csv.exists():
             continue
-        df["run"] = csv.parent.name
-        df["method"], df["rank"], df["seed"] = info["method"], info.get("rank"), info["seed"]
+        try:
+            df = pd.read_csv(csv)
+        except (ValueError, OSError) as err:  # one bad run folder: skip it, say why
+            warnings.warn(f"{run.path}: left out of the spectral analysis ({err})", stacklevel=2)
+            continue
+        label = group_label(run.method, run.rank, run.variant)
+        keys[label] = sort_key(run.method, run.rank, run.variant)
+        df["run"], df["seed"], df["label"] = run.name, run.seed or 0, label
         frames.append(df)
     if not frames:
-        return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True)
-    ranks = df.groupby("method")["rank"].nunique()
-    df["label"] = [f"{m}-r{r}" if ranks[m] > 1 else m for m, r in zip(df["method"], df["rank"], strict=True)]
-    return df
-
-
-def _ordered(values, order) -> list:
-    values = sorted(set(values), key=str)
-    first = [v for o in order for v in values if v == o or str(v).startswith(f"{o}-r")]
-    return first + [v for v in values if v not in first]
-
-
-def _final(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["step"] == df.groupby("run")["step"].transform("max")]
+        return pd.DataFrame(), []
+    return pd.concat(frames, ignore_index=True), sorted(keys, key=keys.get)
 
 
 def _intruder_columns(df: pd.DataFrame) -> list[str]:
@@ -88,19 +64,13 @@ def _intruder_columns(df: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: float(c.removeprefix("intruders_eps")))
 
 
-def _save(fig: Figure, base: Path) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        path = base.with_suffix(f".{ext}")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=_METADATA[ext])
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        paths.append(path)
-    return paths
+def _ordered_modules(modules) -> list:
+    present = set(modules)
+    return [m for m in _MODULE_ORDER if m in present] + sorted(present - set(_MODULE_ORDER), key=str)
+
+
+def _final(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["step"] == df.groupby("run")["step"].transform("max")]
 
 
 def _curves(df: pd.DataFrame, labels: list[str], base: Path) -> list[Path]:
@@ -116,12 +86,12 @@ def _curves(df: pd.DataFrame, labels: list[str], base: Path) -> list[Path]:
         ax.set(xlabel="optimizer step", ylabel=LABELS[metric], title=f"{LABELS[metric]}, mean over layers")
     axes[0].legend()
     fig.tight_layout()
-    return _save(fig, base)
+    return save_figure(fig, base.parent, base.name, **SAVEFIG)
 
 
 def _heatmap(final: pd.DataFrame, labels: list[str], metric: str, base: Path) -> list[Path]:
     data = final.dropna(subset=["layer_num"]).groupby(["label", "layer_num", "module"])[metric].mean()
-    modules = _ordered(final["module"], _MODULE_ORDER)
+    modules = _ordered_modules(final["module"])
     vmax = float(data.max()) if len(data) else 1.0
     fig = Figure(figsize=(2.2 + 2.4 * len(labels), 4))
     axes = np.atleast_1d(fig.subplots(1, len(labels), sharey=True))
@@ -133,7 +103,7 @@ def _heatmap(final: pd.DataFrame, labels: list[str], metric: str, base: Path) ->
         ax.set_title(label)
     axes[0].set_ylabel("layer")
     fig.colorbar(image, ax=list(axes), label=LABELS[metric])
-    return _save(fig, base)
+    return save_figure(fig, base.parent, base.name, **SAVEFIG)
 
 
 def _intruder_totals(final: pd.DataFrame) -> pd.DataFrame:
@@ -156,7 +126,7 @@ def _intruders(final: pd.DataFrame, labels: list[str], base: Path) -> list[Path]
     ax.set(ylabel=f"intruder dimensions (top {k}, all layers)", title="Intruder dimensions at the end")
     ax.legend()
     fig.tight_layout()
-    return _save(fig, base)
+    return save_figure(fig, base.parent, base.name, **SAVEFIG)
 
 
 def _fmt(values: pd.Series, digits: int) -> str:
@@ -187,17 +157,14 @@ def summary_markdown(final: pd.DataFrame, labels: list[str]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def write_analysis_figures(
-    experiment: str, results_dir: str | Path = "results", out_dir: str | Path = "paper_tables"
-) -> list[Path]:
-    """Write the figures and ``spectral_summary.md`` into ``<out_dir>/<experiment>/``; return their paths
-    (empty when no run of the experiment has a spectral.csv)."""
-    df = load_spectral(experiment, results_dir)
+def write_spectral_figures(summary: Summary, out_dir: str | Path) -> list[Path]:
+    """Write the figures and ``spectral_summary.md`` into ``out_dir``; return their paths (empty when no run
+    of the experiment has a spectral.csv)."""
+    df, labels = load_spectral(summary)
     if df.empty:
         return []
-    out = Path(out_dir, experiment)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels = _ordered(df["label"], _METHOD_ORDER)
     final = _final(df)
     paths = []
     with matplotlib.style.context("default"):  # the same look whatever the user's matplotlibrc says
