@@ -111,16 +111,16 @@ def test_hf_batch_fills_a_gpu_and_suits_a_cpu(monkeypatch):
     assert EvalConfig(run="x").hf_batch_size == 64
 
 
-def test_hydra_overrides_round_trip():
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+def test_the_evaluation_worker_gets_exactly_the_config(tmp_path, monkeypatch):
+    from sorsa_repro.evaluation import worker
 
     cfg = EvalConfig(
         model="/some where/it's", benchmarks=["gsm8k", "math500"], limit=3, max_new_tokens={"gsm8k": 7}
     )
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        composed = compose("eval", overrides=ev.hydra_overrides(cfg))
-    assert EvalConfig.from_mapping(OmegaConf.to_container(composed)) == cfg
+    seen = []
+    monkeypatch.setattr(ev, "evaluate", lambda mapping: seen.append(EvalConfig.from_mapping(mapping)))
+    worker.main([str(worker.write_config(cfg, tmp_path / "config.json"))])
+    assert seen == [cfg]
 
 
 def test_model_override_keeps_group_options():

@@ -13,14 +13,12 @@ Options: conf/eval.yaml (the fields of ``sorsa_repro.evaluation.run.EvalConfig``
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sorsa_repro.layout import CONF_DIR
-from sorsa_repro.results import LOCK_HELD_ENV
 
 
 def model_override(arg: str) -> str:
@@ -42,9 +40,7 @@ def _main(cfg: DictConfig) -> None:
     from sorsa_repro.evaluation.summary import score_table
 
     configure_console(hydra_verbose())
-    scores = evaluate(OmegaConf.to_container(cfg, resolve=True))
-    if not os.environ.get(LOCK_HELD_ENV):  # else a training job started this one and prints the scores itself
-        print(score_table(scores), flush=True)
+    print(score_table(evaluate(OmegaConf.to_container(cfg, resolve=True))), flush=True)
 
 
 def main() -> None:

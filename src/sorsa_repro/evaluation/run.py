@@ -456,35 +456,14 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
 # ---------------------------------------------------------------------------------------------- callers
 
 
-def hydra_overrides(cfg: EvalConfig) -> list[str]:
-    """``key=value`` command-line overrides that rebuild ``cfg`` in ``python -m sorsa_repro.evaluate``."""
-
-    def value(v) -> str:
-        if v is None:
-            return "null"
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list | tuple):
-            return "[" + ",".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ",".join(f"{k}:{value(x)}" for k, x in v.items()) + "}"
-        return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    # model goes in as model.name: Hydra reads `model=` as a choice from the conf/model group
-    out = [f"{k}={value(v)}" for k, v in dataclasses.asdict(cfg).items() if k != "model"]
-    return out + ([f"+model.name={value(cfg.model)}"] if cfg.model is not None else [])
-
-
 def evaluate_run(
     run_dir, cfg: Mapping | EvalConfig | None = None, model=None, tokenizer=None, **overrides
 ) -> dict:
     """Evaluate a training run folder (what training and sweeps call after training).
 
     hf runs in this process (``model``/``tokenizer`` may hand over the merged model in memory); vllm
-    runs in a subprocess (``python -m sorsa_repro.evaluate``), which frees its memory on exit and needs
-    no ``__main__`` guard here. Returns ``result.json["eval"]`` of the run.
+    runs in a subprocess (``evaluation.worker``, its config as a JSON file), which frees its memory on exit
+    and needs no ``__main__`` guard here. Returns ``result.json["eval"]`` of the run.
     """
     cfg = EvalConfig.from_mapping(cfg, **{**overrides, "run": str(Path(run_dir).resolve()), "model": None})
     if model is None and resolve_backend(cfg.backend) == "vllm":
@@ -497,9 +476,12 @@ def evaluate_run(
 
 
 def _evaluate_in_subprocess(cfg: EvalConfig) -> None:
-    """``python -m sorsa_repro.evaluate`` on the run folder, working under this process's lock."""
+    """The evaluation worker process on the run folder, working under this process's lock."""
+    from sorsa_repro.evaluation.worker import write_config
+
     log_dir = Path(cfg.run) / "logs" / "eval"
-    cmd = [sys.executable, "-m", "sorsa_repro.evaluate", *hydra_overrides(cfg), f"hydra.run.dir={log_dir}"]
+    config = write_config(cfg, log_dir / "config.json")
+    cmd = [sys.executable, "-m", "sorsa_repro.evaluation.worker", str(config)]
     code = subprocess.run(cmd, env={**os.environ, LOCK_HELD_ENV: cfg.run}).returncode
     if code != 0:
         why = load_result(cfg.run).get("evaluation", {}).get("error") or "see its log"
