@@ -17,20 +17,18 @@ import time
 
 import pytest
 
+from sorsa_repro.data.answer_format import last_boxed
 from sorsa_repro.evaluation import graders
+from sorsa_repro.evaluation.extract import extract_gold, extract_strict
 from sorsa_repro.evaluation.graders import (
     GRADER_VERSIONS,
     GRADERS,
-    extract_gold,
-    extract_strict,
     grade_gsm8k,
     grade_math,
-    last_boxed,
-    metamath_is_equiv,
-    metamath_strip_string,
     normalize_math_answer,
     score_completion,
 )
+from sorsa_repro.evaluation.metamath import metamath_is_equiv, metamath_strip_string
 
 
 def said(answer: str) -> str:
@@ -516,10 +514,12 @@ def test_last_boxed(solution, gold):
 def test_one_last_boxed_and_one_marker():
     from sorsa_repro.data import answer_format, sources
     from sorsa_repro.data import last_boxed as data_last_boxed
+    from sorsa_repro.evaluation import extract, metamath
 
-    assert graders.last_boxed is data_last_boxed is sources.last_boxed is answer_format.last_boxed
-    assert graders.ANSWER_MARKER == answer_format.ANSWER_MARKER == "The answer is:"
-    assert graders.METAMATH_ANSWER_SPLIT == answer_format.METAMATH_ANSWER_SPLIT == "The answer is: "
+    assert graders.last_boxed is extract.last_boxed is data_last_boxed is sources.last_boxed
+    assert data_last_boxed is answer_format.last_boxed
+    assert extract.ANSWER_MARKER == answer_format.ANSWER_MARKER == "The answer is:"
+    assert metamath.METAMATH_ANSWER_SPLIT == answer_format.METAMATH_ANSWER_SPLIT == "The answer is: "
 
 
 def test_importing_the_graders_imports_no_torch():
