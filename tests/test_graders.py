@@ -18,7 +18,7 @@ import time
 import pytest
 
 from sorsa_repro.data.answer_format import last_boxed
-from sorsa_repro.evaluation import graders
+from sorsa_repro.evaluation import graders, symbolic
 from sorsa_repro.evaluation.extract import extract_gold, extract_strict
 from sorsa_repro.evaluation.graders import (
     GRADER_VERSIONS,
@@ -601,8 +601,8 @@ def limits(monkeypatch):
     """``limits(first, retry)``: the CPU-time limits of a math_verify check, in seconds."""
 
     def set_limits(first: float, retry: float) -> None:
-        monkeypatch.setattr(graders, "MATH_VERIFY_TIMEOUT_S", first)
-        monkeypatch.setattr(graders, "MATH_VERIFY_RETRY_TIMEOUT_S", retry)
+        monkeypatch.setattr(symbolic, "MATH_VERIFY_TIMEOUT_S", first)
+        monkeypatch.setattr(symbolic, "MATH_VERIFY_RETRY_TIMEOUT_S", retry)
 
     return set_limits
 
@@ -620,8 +620,8 @@ def burning_worker(monkeypatch, tmp_path):
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     )
-    worker = graders._VerifyWorker("burn_check:check")
-    monkeypatch.setattr(graders, "_worker", worker)
+    worker = symbolic._VerifyWorker("burn_check:check")
+    monkeypatch.setattr(symbolic, "_worker", worker)
     yield worker
     worker.close()
 
@@ -639,7 +639,7 @@ def in_thread(fn):
 def test_timeout_main_thread(limits, caplog):
     limits(0.3, 0.3)
     start = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger=graders.__name__):
+    with caplog.at_level(logging.WARNING, logger="sorsa_repro.evaluation"):
         assert grade_math(said(SLOW), sol("5")) is False
         scored = score_completion("math", said(SLOW), sol("5"))
     assert time.perf_counter() - start < 6
@@ -656,15 +656,15 @@ def test_timeout_other_thread(limits, caplog):
         # the worker comes back after being killed
         return [grade_math(said(answer), sol("5")) for answer in (SLOW, "\\frac{10}{2}", "4")]
 
-    with caplog.at_level(logging.WARNING, logger=graders.__name__):
+    with caplog.at_level(logging.WARNING, logger="sorsa_repro.evaluation"):
         assert in_thread(grade_all) == [False, True, False]
     assert "timed out" in caplog.text
 
 
 def test_retry_with_larger_limit_main_thread(limits, monkeypatch, caplog):
-    monkeypatch.setattr(graders, "_math_verify_check", burn_cpu)
+    monkeypatch.setattr(symbolic, "_math_verify_check", burn_cpu)
     limits(0.2, 30)
-    with caplog.at_level(logging.INFO, logger=graders.__name__):
+    with caplog.at_level(logging.INFO, logger="sorsa_repro.evaluation"):
         scored = score_completion("math", said("0.5"), sol("7"))  # 0.5 s CPU: over the first limit
     assert scored["correct"]["math_verify"] == {"strict": True, "flexible": True}
     assert scored["timeouts"] == {}
@@ -672,9 +672,9 @@ def test_retry_with_larger_limit_main_thread(limits, monkeypatch, caplog):
 
 
 def test_timeout_after_retry_is_reported_main_thread(limits, monkeypatch, caplog):
-    monkeypatch.setattr(graders, "_math_verify_check", burn_cpu)
+    monkeypatch.setattr(symbolic, "_math_verify_check", burn_cpu)
     limits(0.2, 0.3)
-    with caplog.at_level(logging.WARNING, logger=graders.__name__):
+    with caplog.at_level(logging.WARNING, logger="sorsa_repro.evaluation"):
         scored = score_completion("math", "So $\\boxed{0.5}$.", sol("7"))
         assert grade_math(said("0.5"), sol("7")) is False
     assert scored["correct"]["math_verify"] == {"strict": False, "flexible": False}
@@ -684,7 +684,7 @@ def test_timeout_after_retry_is_reported_main_thread(limits, monkeypatch, caplog
 
 def test_retry_with_larger_limit_worker(limits, burning_worker, caplog):
     limits(0.2, 30)
-    with caplog.at_level(logging.INFO, logger=graders.__name__):
+    with caplog.at_level(logging.INFO, logger="sorsa_repro.evaluation"):
         scored = in_thread(lambda: score_completion("math", said("0.5"), sol("7")))
     assert scored["correct"]["math_verify"] == {"strict": True, "flexible": True}
     assert scored["timeouts"] == {}
@@ -693,7 +693,7 @@ def test_retry_with_larger_limit_worker(limits, burning_worker, caplog):
 
 def test_timeout_after_retry_is_reported_worker(limits, burning_worker, caplog):
     limits(0.2, 0.3)
-    with caplog.at_level(logging.WARNING, logger=graders.__name__):
+    with caplog.at_level(logging.WARNING, logger="sorsa_repro.evaluation"):
         scored = in_thread(lambda: score_completion("math", said("0.5"), sol("7")))
         assert in_thread(lambda: grade_math(said("0.1"), sol("7"))) is True  # the worker came back
     assert scored["correct"]["math_verify"] == {"strict": False, "flexible": False}
@@ -702,7 +702,7 @@ def test_timeout_after_retry_is_reported_worker(limits, burning_worker, caplog):
 
 
 def test_previous_sigprof_handler_and_timer_are_restored(monkeypatch):
-    monkeypatch.setattr(graders, "_math_verify_check", burn_cpu)
+    monkeypatch.setattr(symbolic, "_math_verify_check", burn_cpu)
     calls = []
 
     def mine(signum, frame):
@@ -728,7 +728,7 @@ def test_someone_elses_profiling_timer_is_left_alone(monkeypatch):
             sent.append((answer, gold, cpu_seconds))
             return True
 
-    monkeypatch.setattr(graders, "_worker", FakeWorker())
+    monkeypatch.setattr(symbolic, "_worker", FakeWorker())
     ticks = []
     previous = signal.signal(signal.SIGPROF, lambda signum, frame: ticks.append(signum))
     signal.setitimer(signal.ITIMER_PROF, 1000.0, 1000.0)
@@ -739,7 +739,7 @@ def test_someone_elses_profiling_timer_is_left_alone(monkeypatch):
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, previous)
-    assert sent == [("5", "5", graders.MATH_VERIFY_TIMEOUT_S)]
+    assert sent == [("5", "5", symbolic.MATH_VERIFY_TIMEOUT_S)]
 
 
 class CpuHogs:
@@ -765,7 +765,7 @@ class CpuHogs:
 def test_verdict_does_not_depend_on_machine_load(limits, monkeypatch, burning_worker):
     """0.5 s of CPU under a 0.8 s CPU limit (no retry to rescue it) passes, however long it takes on the wall:
     with two busy processes per core this process gets well under half a core."""
-    monkeypatch.setattr(graders, "_math_verify_check", burn_cpu)
+    monkeypatch.setattr(symbolic, "_math_verify_check", burn_cpu)
     limits(0.8, 0.8)
     assert in_thread(lambda: grade_math(said("0"), sol("7"))) is True  # start the worker before the load
     with CpuHogs(per_core=2):
@@ -798,6 +798,6 @@ def test_grader_error_is_logged_and_wrong(monkeypatch, caplog):
         raise RuntimeError("boom")
 
     monkeypatch.setitem(graders._CHECKS, ("math", "lenient"), boom)
-    with caplog.at_level(logging.WARNING, logger=graders.__name__):
+    with caplog.at_level(logging.WARNING, logger="sorsa_repro.evaluation"):
         assert grade_math(said("5"), sol("5"), grader="lenient") is False
     assert "boom" in caplog.text
