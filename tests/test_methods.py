@@ -39,9 +39,10 @@ from sorsa_repro.models import OFFLINE_MODEL, cache_dir, tiny_llama_config
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 RANK = 8
-METHODS = ["full", "lora", "pissa", "pissa_niter_4", "dora", "olora", "sorsa"]
-ADAPTERS = ["lora", "pissa", "dora", "olora", "sorsa"]
-PEFT_METHODS = ["lora", "pissa", "dora", "olora"]
+METHODS = ["full", "lora", "pissa", "pissa_niter_4", "dora", "olora", "sorsa", "milora", "svfit"]
+ADAPTERS = ["lora", "pissa", "dora", "olora", "sorsa", "milora", "svfit"]
+PEFT_METHODS = ["lora", "pissa", "dora", "olora", "milora"]
+CONVERTED = ("pissa", "olora", "milora")  # they change the base: saved as a rank-2r LoRA relative to W
 
 # Logits of an adapted model at init against the base model's, relative to the logits' scale.
 # fp32: only the SVD and the residual subtraction round (measured <= 3e-7 on the tiny model).
@@ -114,7 +115,9 @@ def sorsa_layer(out_f: int = 48, in_f: int = 40, rank: int = RANK, bias: bool = 
 # ---------------------------------------------------------------- output at init
 
 
-INIT_CASES = [(m, "float32") for m in METHODS] + [("sorsa", "bfloat16"), ("pissa", "bfloat16")]
+INIT_CASES = [(m, "float32") for m in METHODS] + [
+    (m, "bfloat16") for m in ("sorsa", "pissa", "milora", "svfit")
+]
 
 
 @pytest.mark.parametrize(("method", "dtype"), INIT_CASES)
@@ -167,6 +170,78 @@ def test_pissa_factors_reconstruct_weight_and_are_orthonormal(tiny_model_factory
             torch.testing.assert_close(col_norms**2, torch.linalg.svdvals(w)[:RANK], rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("alpha", [None, 2 * RANK])
+def test_milora_factors_are_the_minor_components(tiny_model_factory, alpha):
+    """scale B0 A0 is the bottom-r part U_min S_min V_min^T of W (whatever alpha) and the residual keeps the
+    principal part: PiSSA's mirror image. B0 = U_min sqrt(S_min / scale), A0 = sqrt(S_min / scale) V_min^T."""
+    base = tiny_model_factory()
+    originals = target_weights(base)
+    model = apply_method(base, {"name": "milora", "rank": RANK, "alpha": alpha})
+    layers = lora_layers(model)
+    assert {n.removeprefix("base_model.model.") for n in layers} == set(originals)
+    assert model.peft_config["default"].init_lora_weights == "milora"  # saving converts it, as PiSSA
+    for name, layer in layers.items():
+        w = originals[name.removeprefix("base_model.model.")]
+        b, a = layer.lora_B["default"].weight, layer.lora_A["default"].weight
+        scale = layer.scaling["default"]
+        assert scale == (1.0 if alpha is None else 2.0)
+        u, s, vt = torch.linalg.svd(w.double(), full_matrices=False)
+        minor = (u[:, -RANK:] * s[-RANK:]) @ vt[-RANK:]
+        assert rel_err(scale * b @ a, minor) <= 1e-5
+        residual = layer.get_base_layer().weight
+        assert rel_err(residual + scale * b @ a, w) <= 1e-6
+        col_norms, row_norms = b.norm(dim=0), a.norm(dim=1)  # both sqrt(s_i / scale)
+        torch.testing.assert_close(col_norms**2 * scale, s[-RANK:].float(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(row_norms, col_norms, rtol=1e-4, atol=1e-6)
+        assert orthonormality_error(b / col_norms) <= 1e-4
+        assert orthonormality_error((a / row_norms[:, None]).T) <= 1e-4
+        # the residual keeps the principal spectrum: its top k - r singular values are W's
+        kept = len(s) - RANK
+        torch.testing.assert_close(
+            torch.linalg.svdvals(residual.double())[:kept], s[:kept], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_svfit_trains_only_the_singular_values_without_the_regularizer(tiny_model_factory, tiny_input_ids):
+    """SVFit is SORSA's top-r split with U and V^T frozen: the same factors and residual as SORSA at init, a
+    gradient only for S, and no orthonormal penalty (its vectors do not move)."""
+    from sorsa_repro.methods.sorsa import regularized_layers
+
+    svfit = apply_method(tiny_model_factory(), {"name": "svfit", "rank": RANK})
+    sorsa = apply_method(tiny_model_factory(), {"name": "sorsa", "rank": RANK})
+    layers, reference = sorsa_layers(svfit), sorsa_layers(sorsa)
+    assert set(layers) == set(reference) and not regularized_layers(svfit)
+    for name, layer in layers.items():
+        assert not layer.train_vectors and "vectors frozen" in repr(layer)
+        for key in ("U", "S", "Vt", ""):
+            attr = f"sorsa_{key}" if key else "weight"
+            assert torch.equal(getattr(layer, attr), getattr(reference[name], attr))
+    svfit(input_ids=tiny_input_ids, labels=tiny_input_ids).loss.backward()
+    for layer in layers.values():
+        assert layer.sorsa_S.grad is not None and layer.sorsa_S.grad.abs().sum() > 0
+        assert layer.sorsa_U.grad is None and layer.sorsa_Vt.grad is None
+    with pytest.raises(ValueError, match="no SORSA layers with trainable singular vectors"):
+        orthonormal_penalty(svfit)
+
+
+def test_svfit_adapter_reloads_with_frozen_vectors(tiny_model_factory, tiny_input_ids, tmp_path):
+    model = apply_method(tiny_model_factory(seed=3), {"name": "svfit", "rank": RANK})
+    perturb_trainable(model)
+    save_adapter(model, tmp_path)
+    assert json.loads((tmp_path / "sorsa_config.json").read_text())["train_vectors"] is False
+    loaded = load_adapter(tiny_model_factory(seed=3), tmp_path)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }
+    assert all(n.endswith(".sorsa_S") for n, p in loaded.named_parameters() if p.requires_grad)
+    # its weight change as a peft LoRA (the rank-2r export SORSA uses) loads in plain peft
+    save_sorsa_lora(model, tmp_path / "lora")
+    plain = PeftModel.from_pretrained(tiny_model_factory(seed=3), tmp_path / "lora")
+    assert (
+        rel_err(logits(plain, tiny_input_ids), logits(merge_sorsa(model), tiny_input_ids)) <= PLAIN_PEFT_TOL
+    )
+
+
 # ---------------------------------------------------------------- merged == unmerged
 
 
@@ -188,9 +263,12 @@ def test_sorsa_layer_merge_unmerge_round_trip():
     assert rel_err(again, unmerged) <= 1e-5
 
 
-def test_merge_sorsa_gives_plain_model_loadable_by_transformers(tiny_model_factory, tiny_input_ids, tmp_path):
+@pytest.mark.parametrize("method", ["sorsa", "svfit"])
+def test_merge_sorsa_gives_plain_model_loadable_by_transformers(
+    tiny_model_factory, tiny_input_ids, tmp_path, method
+):
     base_logits = logits(tiny_model_factory(), tiny_input_ids)
-    model = apply_method(tiny_model_factory(), {"name": "sorsa", "rank": RANK})
+    model = apply_method(tiny_model_factory(), {"name": method, "rank": RANK})
     perturb_trainable(model)
     unmerged = logits(model, tiny_input_ids)
     assert rel_err(unmerged, base_logits) > 1e-2  # the perturbation changed the model
@@ -224,9 +302,10 @@ def test_peft_merge_model_matches_unmerged(tiny_model_factory, tiny_input_ids, m
 # ---------------------------------------------------------------- adapter save / load
 
 
-# fp32 for every adapter method; in bf16 SORSA, LoRA and DoRA also restore bit for bit
+# fp32 for every adapter method; in bf16 SORSA, SVFit, LoRA, DoRA and MiLoRA also restore bit for bit (MiLoRA's
+# residual is computed from its factors as stored, unlike peft's PiSSA/OLoRA: see the bf16 test below)
 EXACT_ROUND_TRIPS = [(m, "float32") for m in [*ADAPTERS, "pissa_niter_4"]] + [
-    (m, "bfloat16") for m in ("sorsa", "lora", "dora")
+    (m, "bfloat16") for m in ("sorsa", "svfit", "lora", "dora", "milora")
 ]
 
 
@@ -283,7 +362,7 @@ def test_plain_peft_loads_the_saved_adapter_on_the_unmodified_base(
     perturb_trainable(model)
     save_adapter(model, tmp_path, base_model="org/base-model")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    converted = method in ("pissa", "olora")
+    converted = method in CONVERTED
     assert config["init_lora_weights"] is True and config["r"] == (2 * RANK if converted else RANK)
     assert config["base_model_name_or_path"] == "org/base-model"
 
@@ -421,6 +500,10 @@ def expected_trainable(model: nn.Module, method: str) -> tuple[set[str], int]:
     names, count = set(), 0
     for target in find_targets(model, DEFAULT_TARGETS):
         out_f, in_f = model.get_submodule(target).weight.shape
+        if method == "svfit":  # the r singular values only
+            names.add(f"{target}.sorsa_S")
+            count += RANK
+            continue
         count += RANK * (in_f + out_f)
         if method == "sorsa":
             names |= {f"{target}.sorsa_{k}" for k in ("U", "S", "Vt")}
@@ -475,7 +558,12 @@ def test_trainable_params_on_meta_llama2_7b(monkeypatch):
     assert trainable_params_on_meta(llama2_7b, {"name": "sorsa", "rank": r})[0] == sorsa
     assert trainable_params_on_meta(llama2_7b, {"name": "full", "rank": r}) == (full, full)
     assert trainable_params_on_meta(llama2_7b, {"name": "lora", "rank": r})[0] == lora
-    assert len(built) == 3 and svd_calls == []
+    # MiLoRA trains LoRA's factors (only their init differs); SVFit the r singular values of each target
+    milora, svfit = lora, layers * len(shapes) * r
+    assert (milora, svfit) == (319_815_680, 28_672)
+    assert trainable_params_on_meta(llama2_7b, {"name": "milora", "rank": r})[0] == milora
+    assert trainable_params_on_meta(llama2_7b, {"name": "svfit", "rank": r})[0] == svfit
+    assert len(built) == 5 and svd_calls == []
     assert all(p.device.type == "meta" for model in built for p in model.parameters())
 
 
@@ -708,7 +796,7 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("method", ["sorsa", "pissa", "lora"])
+@pytest.mark.parametrize("method", ["sorsa", "pissa", "lora", "milora", "svfit"])
 @pytest.mark.parametrize(("override", "message"), BAD_CONFIGS)
 def test_bad_config_raises_before_any_svd(tiny_model_factory, monkeypatch, method, override, message):
     model = tiny_model_factory()
@@ -719,3 +807,12 @@ def test_bad_config_raises_before_any_svd(tiny_model_factory, monkeypatch, metho
     # nothing was changed: no adapter layers, nothing frozen
     assert not sorsa_layers(model) and not lora_layers(model)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_milora_uses_the_exact_svd_whatever_svd_says(tiny_model_factory):
+    """A randomized SVD sketches the top of the spectrum and cannot give MiLoRA's minor components: like the
+    other LoRA inits MiLoRA ignores ``svd`` (the mini/small experiments set randomized for every method)."""
+    exact = apply_method(tiny_model_factory(), {"name": "milora", "rank": RANK})
+    randomized = apply_method(tiny_model_factory(), {"name": "milora", "rank": RANK, "svd": "randomized"})
+    first, second = exact.state_dict(), randomized.state_dict()
+    assert sorted(first) == sorted(second) and all(torch.equal(first[k], second[k]) for k in first)

@@ -22,7 +22,20 @@ from sorsa_repro.training.task import optimizer_steps, run_training
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
-METHODS = ("full", "lora", "pissa", "dora", "olora", "sorsa")
+METHODS = (
+    "full",
+    "lora",
+    "pissa",
+    "dora",
+    "olora",
+    "sorsa",
+    "mica",
+    "miss",
+    "eva",
+    "corda",
+    "milora",
+    "svfit",
+)
 
 
 def compose_train(*overrides: str):
@@ -45,6 +58,9 @@ def tiny_cfg(tmp_path, method="sorsa", *extra):
         "train.max_steps=3",
         "train.checkpoint_every=1",
         "evaluate.benchmarks=[]",
+        *(
+            ("method.init_examples=4",) if method in ("eva", "corda") else ()
+        ),  # their data pass: 2 micro-batches
         *extra,
     )
 
@@ -173,6 +189,15 @@ def test_reference_precision_keeps_the_svd_exact_and_stores_the_residual_in_bf16
         assert layer.init_factors[0].dtype == torch.float32  # the SVD ran on the fp32 weights
 
 
+def test_svfit_rejects_a_regularizer_it_could_not_apply():
+    """SVFit's singular vectors are frozen: a gamma would be silently ignored, so the config is refused."""
+    from sorsa_repro.training.validate import validate_config
+
+    cfg = compose_train("experiment=mini", "method=svfit", "model=tiny_random", "+method.gamma=4e-4")
+    with pytest.raises(ValueError, match="method=svfit with method.gamma=0.0004"):
+        validate_config(cfg)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_and_exports(tmp_path, method):
@@ -293,7 +318,7 @@ def test_loss_mode_adds_gamma_times_penalty_to_the_loss(tiny_model_factory):
 def test_reference_and_loss_modes_leave_non_sorsa_methods_alone(tiny_model_factory):
     model = apply_method(tiny_model_factory(), {"name": "lora", "rank": 4})
     module = FineTuneModule(model, lr=1e-3, total_steps=1, gamma=4e-4)
-    assert not module.sorsa
+    assert not module.has_regularized_layers
 
 
 class _Killed(Exception):

@@ -4,9 +4,9 @@
 also ``alpha``, ``svd`` (exact | randomized), ``niter``. Everything is validated against the model
 before any SVD runs.
 
-Saved adapters (``save_adapter``): LoRA, DoRA, PiSSA and OLoRA as standard peft adapters that
-``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA converted to a rank-2r LoRA:
-``peft_methods``); SORSA in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
+Saved adapters (``save_adapter``): LoRA, DoRA, PiSSA, OLoRA and MiLoRA as standard peft adapters that
+``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA/MiLoRA converted to a rank-2r LoRA:
+``peft_methods``); SORSA and SVFit in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
 change as a rank-2r peft LoRA adapter (``sorsa``). ``load_adapter`` restores any of them as trained.
 Every config records the base model as its hub id or the name the user gave (``base_model_id``).
 """
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from sorsa_repro.methods import peft_methods, sorsa
-from sorsa_repro.methods.config import DEFAULT_TARGETS, METHODS, MethodConfig
+from sorsa_repro.methods.config import DATA_METHODS, DEFAULT_TARGETS, METHODS, MethodConfig
 from sorsa_repro.methods.full import apply_full
 from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa, orthonormal_penalty
 
 __all__ = [
+    "DATA_METHODS",
     "DEFAULT_TARGETS",
     "METHODS",
     "MethodConfig",
@@ -62,7 +63,19 @@ def validate(model: nn.Module, cfg: MethodConfig) -> list[str]:
             f"target_modules {list(cfg.target_modules)} match no nn.Linear in {type(model).__name__}"
         )
     if cfg.name == "peft":
-        peft_methods.read_peft_config(cfg.config)  # a missing or malformed file fails here
+        config = peft_methods.read_peft_config(cfg.config)  # a missing or malformed file fails here
+        if peft_methods.needs_data(config):
+            raise ValueError(
+                f"method.config={cfg.config}: init_lora_weights={config.init_lora_weights!r} initialises from "
+                f"training data; use method={config.init_lora_weights} (the training task runs its data pass)"
+            )
+    elif cfg.name == "miss":  # MiSS's r splits the input into r-wide chunks: r <= in_features only
+        for name in targets:
+            in_f = model.get_submodule(name).in_features
+            if cfg.rank > in_f:
+                raise ValueError(
+                    f"rank {cfg.rank} is larger than in_features = {in_f} of {name} (MiSS: r <= in)"
+                )
     elif cfg.name != "full":
         for name in targets:
             out_f, in_f = model.get_submodule(name).weight.shape
@@ -73,13 +86,32 @@ def validate(model: nn.Module, cfg: MethodConfig) -> list[str]:
     return targets
 
 
-def apply_method(model: nn.Module, cfg: Mapping | MethodConfig) -> nn.Module:
-    """Adapt ``model`` with the configured method and return it (a PeftModel for PEFT methods)."""
+def apply_method(
+    model: nn.Module,
+    cfg: Mapping | MethodConfig,
+    batches: list[dict] | None = None,
+    initial_adapter: dict | None = None,
+) -> nn.Module:
+    """Adapt ``model`` with the configured method and return it (a PeftModel for PEFT methods).
+
+    EVA and CorDA (``DATA_METHODS``) initialise from training data: ``batches`` (dicts of input_ids,
+    attention_mask, labels; the training task passes the first ``init_examples`` examples of the run), or
+    ``initial_adapter``: the result of that init as an earlier build kept it (``model.initial_adapter_state``),
+    which a resumed run restores instead of running the data pass again."""
     cfg = MethodConfig.from_mapping(cfg)
     targets = validate(model, cfg)
+    if cfg.name in DATA_METHODS and not batches and initial_adapter is None:
+        raise ValueError(
+            f"method {cfg.name} initialises from training data: pass batches (apply_method(model, cfg, batches)) "
+            "or the initial_adapter an earlier build of the run saved"
+        )
+    if cfg.name not in DATA_METHODS and (batches or initial_adapter is not None):
+        raise ValueError(
+            f"method {cfg.name} takes no batches or initial adapter (only {', '.join(DATA_METHODS)})"
+        )
     if cfg.name == "full":
         model = apply_full(model)
-    elif cfg.name == "sorsa":
+    elif cfg.name in ("sorsa", "svfit"):  # SVFit: SORSA's layer with frozen singular vectors
         from sorsa_repro.models import resolve_dtype
 
         model = sorsa.apply_sorsa(
@@ -91,6 +123,7 @@ def apply_method(model: nn.Module, cfg: Mapping | MethodConfig) -> nn.Module:
             resolve_dtype(cfg.adapter_dtype),
             cfg.svd,
             cfg.niter,
+            train_vectors=cfg.name == "sorsa",
         )
     elif cfg.name == "peft":
         config = peft_methods.read_peft_config(cfg.config)
@@ -107,7 +140,9 @@ def apply_method(model: nn.Module, cfg: Mapping | MethodConfig) -> nn.Module:
             cfg.svd,
             cfg.niter,
         )
-        model = peft_methods.apply_peft(model, config)
+        model = peft_methods.apply_peft(model, config, batches, initial_adapter)
+        if cfg.name == "milora":  # built as plain LoRA (init True); now the minor factors and the residual
+            model = peft_methods.init_milora(model)
     model.method_config = cfg
     return model
 
@@ -152,15 +187,18 @@ def trainable_params_on_meta(model_config, cfg: Mapping | MethodConfig) -> tuple
     targets = validate(model, cfg)
     if cfg.name == "full":
         return count_parameters(apply_full(model))
-    # every method here trains r * (in + out) per target (+ r singular values for SORSA, + out for DoRA)
+    # per target: r * (in + out) (LoRA and its inits), + r singular values (SORSA), + out (DoRA); r * in (MiCA,
+    # its B is frozen), r * out (MiSS): peft_methods.added_parameters
     for param in model.parameters():
         param.requires_grad_(False)
-    if cfg.name == "sorsa":
-        sorsa.apply_sorsa(model, targets, cfg.rank)
+    if cfg.name in ("sorsa", "svfit"):  # SVFit: only the r singular values per target
+        sorsa.apply_sorsa(model, targets, cfg.rank, train_vectors=cfg.name == "sorsa")
         return count_parameters(model)
-    extra = {name: model.get_submodule(name).out_features if cfg.name == "dora" else 0 for name in targets}
-    trainable = sum(cfg.rank * sum(model.get_submodule(n).weight.shape) + extra[n] for n in targets)
-    return trainable, count_parameters(model)[1] + trainable
+    added = [
+        peft_methods.added_parameters(cfg.name, cfg.rank, *model.get_submodule(n).weight.shape)
+        for n in targets
+    ]
+    return sum(t for t, _ in added), count_parameters(model)[1] + sum(a for _, a in added)
 
 
 def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -176,11 +214,8 @@ def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         clean = name.removeprefix("base_model.model.")
         if isinstance(module, SORSALinear):
             yield clean, module.effective_weight()
-        elif isinstance(module, peft_methods.LoraLayer):
-            weight = module.get_base_layer().weight.detach().float()
-            if not module.merged:
-                weight = weight + module.get_delta_weight("default").detach().float()
-            yield clean, weight
+        elif isinstance(module, (peft_methods.LoraLayer, peft_methods.MissLayer)):
+            yield clean, peft_methods.dense_weight(module)
         elif name in full_targets:
             yield clean, module.weight.detach().float()
 

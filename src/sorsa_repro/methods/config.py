@@ -6,7 +6,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-METHODS = ("full", "lora", "pissa", "dora", "olora", "sorsa", "peft")
+METHODS = (
+    "full",
+    "lora",
+    "pissa",
+    "dora",
+    "olora",
+    "sorsa",
+    "peft",
+    "mica",
+    "miss",
+    "eva",
+    "corda",
+    "milora",
+    "svfit",
+)
+DATA_METHODS = ("eva", "corda")  # initialised from activations of training data (``init_examples`` of them)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # keys a Hydra method config carries for the trainer, not for building the model
 TRAINING_KEYS = {
@@ -24,7 +39,7 @@ SET_ELSEWHERE = {"weight_decay": "train.weight_decay", "batch_size": "train.batc
 
 @dataclass
 class MethodConfig:
-    name: str = field(metadata={"help": "full, lora, pissa, dora, olora, sorsa (or pissa_niter_K), peft"})
+    name: str = field(metadata={"help": "one of METHODS (pissa_niter_K: PiSSA with a randomized SVD)"})
     rank: int = field(default=128, metadata={"help": "adapter rank r"})
     alpha: float | None = field(
         default=None,
@@ -34,11 +49,22 @@ class MethodConfig:
     target_modules: tuple[str, ...] = field(
         default=DEFAULT_TARGETS, metadata={"help": "module name suffixes to adapt"}
     )
-    svd: str = field(default="exact", metadata={"help": "exact | randomized (SORSA, PiSSA)"})
+    svd: str = field(
+        default="exact",
+        metadata={
+            "help": "exact | randomized (SORSA, SVFit, PiSSA); MiLoRA's minor components need the exact one"
+        },
+    )
     niter: int = field(default=4, metadata={"help": "subspace iterations of the randomized SVD"})
     adapter_dtype: str = field(default="float32", metadata={"help": "dtype of SORSA's factors"})
     config: str | None = field(
         default=None, metadata={"help": "method=peft: a peft adapter_config.json (or its folder)"}
+    )
+    init_examples: int = field(
+        default=0,
+        metadata={
+            "help": "EVA, CorDA: training examples their init reads (the first of the run's epoch 0); 0 otherwise"
+        },
     )
 
     def __post_init__(self):
@@ -53,6 +79,15 @@ class MethodConfig:
             )
         if not isinstance(self.rank, int) or self.rank < (0 if self.name == "peft" else 1):
             raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        if (self.name in DATA_METHODS) != (self.init_examples != 0):
+            raise ValueError(
+                f"method.init_examples={self.init_examples!r}: EVA and CorDA initialise from training data and need "
+                "init_examples >= 1 (the training task feeds them); other methods take none"
+            )
+        if self.init_examples < 0:
+            raise ValueError(f"init_examples must be >= 0, got {self.init_examples!r}")
+        if self.name == "miss" and self.alpha is not None:
+            raise ValueError("MiSS has no scale: leave alpha unset (null)")
         if self.alpha is not None and self.alpha <= 0:
             raise ValueError(f"alpha must be > 0 (or null for scale 1), got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -15,6 +15,11 @@ vLLM with ``--enable-lora``, load on the unmodified base model. With W0 = W_res 
 
 so lora_B (out x 2r) = [scale U S | -scale U0 S0], lora_A (2r x in) = [V^T ; V0^T], r = lora_alpha = 2r
 (peft's scaling alpha / r = 1).
+
+SVFit (arXiv 2409.05926) is this layer with ``train_vectors=False``: the same top-r split W = W_res + U S V^T,
+only the r singular values train, U and V^T stay as the SVD gave them (frozen parameters, so saving, loading,
+merging and the spectral analysis are SORSA's). The orthonormal regularizer skips such layers: their vectors
+do not move, so its value and gradient are constant (``regularized_layers``).
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ class SORSALinear(nn.Module):
     """A Linear layer whose top-r singular triplets are trainable.
 
     ``init_factors`` (U, S, Vt) skips the SVD: the adapter loader passes the factors the layer was
-    initialised with, which rebuilds the same residual bit for bit.
+    initialised with, which rebuilds the same residual bit for bit. ``train_vectors=False`` (SVFit) freezes
+    ``sorsa_U`` and ``sorsa_Vt``: only the r singular values ``sorsa_S`` train.
     """
 
     def __init__(
@@ -81,10 +87,12 @@ class SORSALinear(nn.Module):
         svd: str = "exact",
         niter: int = 4,
         init_factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        train_vectors: bool = True,
     ):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.rank = rank
+        self.train_vectors = train_vectors
         self.alpha = alpha
         self.scale = 1.0 if alpha is None else alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -107,9 +115,9 @@ class SORSALinear(nn.Module):
             self.base_dtype = w.dtype  # what the residual was computed from (it may be cast afterwards)
             # CPU copy of the initial factors: the adapter file stores them to rebuild W_res without an SVD
             self.init_factors = tuple(t.detach().to("cpu", copy=True) for t in (u, s, vt))
-        self.sorsa_U = nn.Parameter(u.contiguous())
+        self.sorsa_U = nn.Parameter(u.contiguous(), requires_grad=train_vectors)
         self.sorsa_S = nn.Parameter(s.contiguous())
-        self.sorsa_Vt = nn.Parameter(vt.contiguous())
+        self.sorsa_Vt = nn.Parameter(vt.contiguous(), requires_grad=train_vectors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = F.linear(x, self.weight, self.bias)
@@ -140,11 +148,17 @@ class SORSALinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"
+        shape = f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scale={self.scale:g}"
+        return shape if self.train_vectors else shape + ", vectors frozen"
 
 
 def sorsa_layers(model: nn.Module) -> dict[str, SORSALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SORSALinear)}
+
+
+def regularized_layers(model: nn.Module) -> dict[str, SORSALinear]:
+    """The SORSA layers whose singular vectors train: those the orthonormal regularizer acts on (not SVFit's)."""
+    return {name: m for name, m in sorsa_layers(model).items() if m.train_vectors}
 
 
 def apply_sorsa(
@@ -156,20 +170,25 @@ def apply_sorsa(
     adapter_dtype: torch.dtype = torch.float32,
     svd: str = "exact",
     niter: int = 4,
+    train_vectors: bool = True,
 ) -> nn.Module:
-    """Replace the named Linear layers by SORSA layers; freeze everything else."""
+    """Replace the named Linear layers by SORSA layers (SVFit: ``train_vectors=False``); freeze everything else."""
     for param in model.parameters():
         param.requires_grad_(False)
     for name in targets:
-        layer = SORSALinear(model.get_submodule(name), rank, alpha, dropout, adapter_dtype, svd, niter)
+        base = model.get_submodule(name)
+        layer = SORSALinear(
+            base, rank, alpha, dropout, adapter_dtype, svd, niter, train_vectors=train_vectors
+        )
         model.set_submodule(name, layer)
     return model
 
 
 def sorsa_factors(model: nn.Module) -> tuple[list[torch.Tensor], list[bool]]:
-    """Every SORSA layer's U and Vt, and for each whether its Gram matrix is X X^T (Vt) or X^T X (U)."""
+    """U and Vt of every SORSA layer whose vectors train (``regularized_layers``), and for each whether its Gram
+    matrix is X X^T (Vt) or X^T X (U)."""
     factors, transposed = [], []
-    for layer in sorsa_layers(model).values():
+    for layer in regularized_layers(model).values():
         factors += [layer.sorsa_U, layer.sorsa_Vt]
         transposed += [False, True]
     return factors, transposed
@@ -229,7 +248,7 @@ def orthonormal_penalty(model: nn.Module) -> torch.Tensor:
     """Mean over all adapted matrices of ||U^T U - I||_F and ||Vt Vt^T - I||_F (2 terms per matrix)."""
     factors, transposed = sorsa_factors(model)
     if not factors:
-        raise ValueError("orthonormal_penalty: the model has no SORSA layers")
+        raise ValueError("orthonormal_penalty: the model has no SORSA layers with trainable singular vectors")
     return penalty_terms(factors, transposed).mean()
 
 
@@ -276,6 +295,7 @@ def save_sorsa_adapter(model: nn.Module, path: str | os.PathLike, base_model: st
         "base_dtype": str(first.base_dtype).removeprefix("torch."),
         "layers": sorted(layers),
         "base_model": base_model,
+        "train_vectors": first.train_vectors,  # false: SVFit (only the singular values train)
     }
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -301,7 +321,13 @@ def load_sorsa_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             raise ValueError(f"load the base model in {base_dtype} to restore this adapter exactly")
         init = tuple(tensors[f"{name}.init_{k}"] for k in ("U", "S", "Vt"))
         layer = SORSALinear(
-            base, config["rank"], config["alpha"], config["dropout"], adapter_dtype, init_factors=init
+            base,
+            config["rank"],
+            config["alpha"],
+            config["dropout"],
+            adapter_dtype,
+            init_factors=init,
+            train_vectors=config.get("train_vectors", True),  # adapters saved before SVFit: SORSA
         )
         layer.weight.data = layer.weight.data.to(residual_dtype)  # as training cast it (precision=reference)
         with torch.no_grad():

@@ -31,6 +31,12 @@ METHOD_NAMES = {
     "sorsa": "SORSA",
     "dora": "DoRA",
     "olora": "OLoRA",
+    "mica": "MiCA",
+    "miss": "MiSS",
+    "eva": "EVA",
+    "corda": "CorDA",
+    "milora": "MiLoRA",
+    "svfit": "SVFit",
     "peft": "PEFT config",  # method=peft: any peft adapter config; its file name is the variant
 }  # one per name in methods.config.METHODS (a test checks)
 BENCH_ORDER = list(BENCHMARKS)

@@ -104,7 +104,8 @@ def build_strategy(cfg: DictConfig):
 
         return DDPStrategy(**kwargs)
     if name == "fsdp":
-        bf16_adapters = cfg.method.name == "sorsa" and cfg.method.get("adapter_dtype") in ("bfloat16", "bf16")
+        own_layers = cfg.method.name in ("sorsa", "svfit")  # SORSA's layer: its factors are adapter_dtype
+        bf16_adapters = own_layers and cfg.method.get("adapter_dtype") in ("bfloat16", "bf16")
         if cfg.train.precision == "reference" and cfg.method.get("residual_dtype") not in (
             None,
             "float32",

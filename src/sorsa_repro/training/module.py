@@ -12,7 +12,12 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from sorsa_repro.data.tokenize import IGNORE_INDEX
-from sorsa_repro.methods.sorsa import orthonormal_penalty, penalty_and_grads, sorsa_factors, sorsa_layers
+from sorsa_repro.methods.sorsa import (
+    orthonormal_penalty,
+    penalty_and_grads,
+    regularized_layers,
+    sorsa_factors,
+)
 from sorsa_repro.training.distributed import clean_name, fsdp_root
 
 ORTHO_MODES = ("reference", "decoupled", "loss")
@@ -55,7 +60,8 @@ class FineTuneModule(L.LightningModule):
         self.gamma, self.ortho_mode, self.ortho_coef = gamma, ortho_mode, ortho_coef
         self.weight_decay, self.warmup_ratio, self.grad_clip = weight_decay, warmup_ratio, grad_clip
         self.metrics_path = Path(metrics_path) if metrics_path else None
-        self.sorsa = bool(sorsa_layers(model))
+        # SORSA layers whose vectors train get the regularizer (SVFit freezes them: nothing to regularize or log)
+        self.has_regularized_layers = bool(regularized_layers(model))
         self.strict_loading = False  # checkpoints hold only the trainable parameters
         self.last_metrics: dict = {"step": 0}
         self._step_penalty = None  # L_orth computed during this optimizer step (logged, not recomputed)
@@ -77,7 +83,12 @@ class FineTuneModule(L.LightningModule):
         self._window["loss"] = self._window["loss"] + loss.detach()  # on the device; read once per step
         self._window["n"] += 1
         self._window["tokens"] += int(batch["attention_mask"].sum()) if n_tokens is None else n_tokens
-        if self.sorsa and self.ortho_mode == "loss" and self.gamma and self._fsdp_root() is None:
+        if (
+            self.has_regularized_layers
+            and self.ortho_mode == "loss"
+            and self.gamma
+            and self._fsdp_root() is None
+        ):
             penalty = orthonormal_penalty(self.model)
             self._step_penalty = penalty.detach()
             loss = loss + self.gamma * penalty
@@ -96,14 +107,19 @@ class FineTuneModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         self._check_finite_loss()
         max_norm = self.grad_clip if self.grad_clip else math.inf
-        if self.sorsa and self.ortho_mode == "loss" and self.gamma and self._fsdp_root() is not None:
+        if (
+            self.has_regularized_layers
+            and self.ortho_mode == "loss"
+            and self.gamma
+            and self._fsdp_root() is not None
+        ):
             # FSDP: the factors are sharded outside forward, so training_step cannot add gamma * L_orth to the
             # loss; its gradient enters here instead, before clipping, as the loss would have put it there
             params, grads = self._penalty_grads()
             torch._foreach_add_([p.grad for p in params], grads, alpha=self.gamma)
         self._window["grad_norm"] = float(self._clip_grad_norm(max_norm))
         self._window["lr"] = optimizer.param_groups[0]["lr"]
-        if self.sorsa and self.ortho_mode == "reference" and self.ortho_coef:
+        if self.has_regularized_layers and self.ortho_mode == "reference" and self.ortho_coef:
             self.add_reference_penalty_grad()
 
     def _fsdp_root(self):
@@ -127,7 +143,7 @@ class FineTuneModule(L.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if self.sorsa and self.ortho_mode == "decoupled" and self.gamma:
+        if self.has_regularized_layers and self.ortho_mode == "decoupled" and self.gamma:
             self.decoupled_penalty_step()
         self._record_step()
 
@@ -175,7 +191,7 @@ class FineTuneModule(L.LightningModule):
 
         group = root.process_group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        layers = list(sorsa_layers(self.model).values())
+        layers = list(regularized_layers(self.model).values())
         factors = [f for layer in layers for f in self._factors(layer)]
         local = torch.tensor([p.numel() for p, _, _ in factors], device=self.device)
         sizes = [torch.empty_like(local) for _ in range(world)]
@@ -242,7 +258,7 @@ class FineTuneModule(L.LightningModule):
         metrics = {
             "step": step,
             "loss": loss,
-            "ortho_penalty": self._penalty_value() if self.sorsa else None,
+            "ortho_penalty": self._penalty_value() if self.has_regularized_layers else None,
             "lr": self._window["lr"],
             "grad_norm": self._window["grad_norm"],
             "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),

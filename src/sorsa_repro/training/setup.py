@@ -18,9 +18,21 @@ from sorsa_repro.training.ortho import reference_coefficient
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: DictConfig, method: MethodConfig, dtype: str, run_name: str):
+def build_model(
+    cfg: DictConfig,
+    method: MethodConfig,
+    dtype: str,
+    run_name: str,
+    batches: list[dict] | None = None,
+    initial_adapter: dict | None = None,
+):
     """The base model loaded where it trains and adapted by ``method`` (tf32 first, when configured: the
-    SVDs run under it). Returns the model, the pretrained SVDs the spectral callback compares with, and the init time (s)."""
+    SVDs run under it). EVA/CorDA: ``batches`` of training data for their init, or (a resumed run)
+    ``initial_adapter``, that init's result as the first attempt saved it (``training.init_data``).
+
+    Returns the model, the pretrained SVDs the spectral callback compares with, the init time (s: loading
+    and adapting), the trainable and total parameter counts, and the time of ``apply_method`` alone (s: for
+    EVA/CorDA their data pass and decompositions)."""
     from sorsa_repro.models import load_base_model, resolve_dtype
 
     if cfg.trainer.accelerator == "gpu" and cfg.trainer.get("tf32", False):
@@ -29,7 +41,12 @@ def build_model(cfg: DictConfig, method: MethodConfig, dtype: str, run_name: str
     started = time.perf_counter()
     model, _ = load_base_model(cfg.model.name, dtype=dtype, seed=cfg.seed, device=init_device(cfg))
     pretrained = _pretrained_spectra(cfg, model, dtype)
-    model = apply_method(model, method)
+    method_started = time.perf_counter()
+    if batches is not None or initial_adapter is not None:
+        model = apply_method(model, method, batches, initial_adapter)
+    else:
+        model = apply_method(model, method)
+    method_s = time.perf_counter() - method_started
     residual_dtype = cfg.method.get("residual_dtype")
     if cfg.train.precision == "reference" and residual_dtype:
         cast_residuals(model, resolve_dtype(residual_dtype))
@@ -47,7 +64,7 @@ def build_model(cfg: DictConfig, method: MethodConfig, dtype: str, run_name: str
         100 * trainable / total,
         init_s,
     )
-    return model, pretrained, init_s, trainable, total
+    return model, pretrained, init_s, trainable, total, method_s
 
 
 def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path):
@@ -121,9 +138,9 @@ def _pretrained_spectra(cfg: DictConfig, model, dtype: str) -> dict | None:
     """SVDs of the pretrained target matrices the spectral callback compares with (once per sweep)."""
     if not cfg.train.spectral_every or not is_global_zero():
         return None
-    from sorsa_repro.training.spectral_callback import pretrained_svds
     from sorsa_repro.analysis.spectral import parse_layer_name
     from sorsa_repro.methods import find_targets
+    from sorsa_repro.training.spectral_callback import pretrained_svds
 
     stride = int(cfg.train.get("spectral_layer_stride", 1))
     names = [
@@ -172,7 +189,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, trainable: int, total: int) ->
     from sorsa_repro.wandb_mode import logger_mode
 
     mode, why = logger_mode(cfg.logger.get("mode"))
-    log.info("W&B logging %s (%s)%s", mode, why, "; `wandb sync` uploads it later" if mode == "offline" else "")
+    log.info(
+        "W&B logging %s (%s)%s", mode, why, "; `wandb sync` uploads it later" if mode == "offline" else ""
+    )
     logger = WandbLogger(
         mode=mode,
         project=cfg.logger.project,

@@ -29,6 +29,7 @@ from sorsa_repro.results import (
 )
 from sorsa_repro.training.distributed import fsdp_root, is_global_zero, whole_model
 from sorsa_repro.training.identity import config_hash
+from sorsa_repro.training.init_data import InitData, init_data, load_initial, save_initial
 from sorsa_repro.training.record import fit_statistics, run_block, start_record, with_export_time
 from sorsa_repro.training.resources import peak_memory_mb, reset_peak_memory
 from sorsa_repro.training.setup import (
@@ -85,6 +86,7 @@ class PreparedRun:
     tokenizer: object
     data: object  # MathDataModule
     total_steps: int
+    init_data: InitData | None = None  # EVA/CorDA: the training batches their init reads
 
 
 def prepare_training(cfg: DictConfig) -> PreparedRun:
@@ -120,7 +122,8 @@ def prepare_training(cfg: DictConfig) -> PreparedRun:
             "(train.batch_size x train.accumulate x devices): use more data or a smaller batch"
         )
     total_steps = cfg.train.max_steps or steps * cfg.train.epochs
-    return PreparedRun(cfg, method, Path(cfg.run_dir), config_hash(cfg), tokenizer, data, total_steps)
+    init = init_data(data, method)  # EVA/CorDA: too few examples or tokens fail here
+    return PreparedRun(cfg, method, Path(cfg.run_dir), config_hash(cfg), tokenizer, data, total_steps, init)
 
 
 def run_training(cfg: DictConfig) -> Path:
@@ -171,7 +174,14 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
     model_dtype, precision = PRECISIONS[cfg.train.precision]
     memory_scope = reset_peak_memory()
     started = time.perf_counter()
-    model, pretrained, init_s, trainable, total = build_model(cfg, run.method, model_dtype, run_dir.name)
+    # EVA/CorDA: a resumed run restores its init from the first attempt's result instead of reading the data
+    initial = load_initial(run_dir) if run.init_data and (run_dir / CHECKPOINT).exists() else None
+    batches = run.init_data.batches if run.init_data and initial is None else None
+    model, pretrained, init_s, trainable, total, method_s = build_model(
+        cfg, run.method, model_dtype, run_dir.name, batches, initial
+    )
+    if batches is not None and is_global_zero():
+        save_initial(run_dir, model.initial_adapter_state)  # before the first checkpoint
     module = build_module(cfg, model, run.total_steps, run_dir)
     if is_global_zero():
         settings = {
@@ -181,6 +191,13 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
             "lr": learning_rate(cfg),
             "ortho": ortho_settings(cfg) or None,
         }
+        if batches is not None:  # the data pass of EVA/CorDA: what it read and what it cost (in init_time_s)
+            passes = getattr(model, "eva_forward_passes", None)
+            settings["init_data"] = {
+                **run.init_data.identity,
+                "time_s": round(method_s, 2),  # apply_method: the data pass and the decompositions
+                **({"forward_passes": passes} if passes is not None else {}),
+            }
         update_result(run_dir, start_record(cfg, run, settings, model_dtype, world_size(cfg)))
     loggers = build_loggers(cfg, run_dir, trainable, total)
     trainer = build_trainer(cfg, run_dir, run.total_steps, precision, pretrained, loggers)
@@ -189,6 +206,7 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
         "start_step": trainer.global_step if module.start_step is None else module.start_step,
         "end_step": trainer.global_step,
         "init_time_s": round(init_s, 2),
+        **({"init_data": "restored" if initial is not None else "read"} if run.init_data else {}),
         "fit_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_mb": peak_memory_mb(),
     }
@@ -221,7 +239,8 @@ def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
     if cfg.train.save_adapter and method.name != "full":
         with atomic_dir(run_dir / "adapter") as tmp:
             save_adapter(model, tmp, base_model=cfg.model.name)
-    if cfg.train.save_adapter and method.name == "sorsa":  # adapter/ is SORSA's own format; this is peft's
+    # adapter/ is SORSA's (and SVFit's) own format; this is peft's
+    if cfg.train.save_adapter and method.name in ("sorsa", "svfit"):
         with atomic_dir(run_dir / "adapter_lora") as tmp:
             save_sorsa_lora(model, tmp, base_model=cfg.model.name)
     if cfg.train.export_merged:

@@ -65,6 +65,11 @@ def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
 
     if method.name == "sorsa" and cfg.method.get("ortho_mode", "reference") not in ORTHO_MODES:
         raise ValueError(f"method.ortho_mode={cfg.method.ortho_mode!r}; use one of {ORTHO_MODES}")
+    if method.name == "svfit" and float(cfg.method.get("gamma", 0.0) or 0.0):  # it would be silently ignored
+        raise ValueError(
+            f"method=svfit with method.gamma={cfg.method.gamma}: SVFit's singular vectors are frozen, so the "
+            "orthonormal regularizer has nothing to act on; leave gamma unset (method=sorsa trains them)"
+        )
     for key in ("batch_size", "accumulate", "epochs"):
         if cfg.train[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {cfg.train[key]}")
