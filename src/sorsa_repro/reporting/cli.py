@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    for path in paths:
-        print(f"wrote {path}")
-    print(f"report: {paths[-1]}")
+    folders = sorted({str(path.parent) for path in paths})
+    names = ", ".join(path.name for path in paths[:-1])
+    print(f"wrote {len(paths)} files into {', '.join(folders)}: {names}; report: {paths[-1]}")
     return 0
 
 
