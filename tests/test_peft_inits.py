@@ -344,12 +344,15 @@ def test_resume_restores_the_init_without_the_data_and_reproduces_the_losses(tmp
     assert sorted(again) == sorted(initial) and all(torch.equal(again[k], initial[k]) for k in initial)
 
 
-def test_data_pass_needs_enough_examples_before_the_model_loads(tmp_path, monkeypatch):
-    from sorsa_repro.training.task import run_training
+def test_data_pass_reads_at_most_the_training_set_and_bad_input_fails_before_the_model_loads(
+    tmp_path, monkeypatch
+):
+    from sorsa_repro.training.task import prepare_training, run_training
 
+    # a training set smaller than init_examples (mini has 20 examples): the pass reads all of it, says so
+    identity = prepare_training(tiny_cfg(tmp_path, "eva", "method.init_examples=100")).init_data.identity
+    assert (identity["examples"], identity["requested"]) == (24, 100) and len(identity["example_ids"]) == 24
     monkeypatch.setattr("sorsa_repro.models.load_base_model", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(ValueError, match="init_examples=100, but the training set has 24"):
-        run_training(tiny_cfg(tmp_path, "eva", "method.init_examples=100"))
     with pytest.raises(ValueError, match="EVA and CorDA initialise from training data"):
         run_training(tiny_cfg(tmp_path, "corda", "method.init_examples=0"))
     with pytest.raises(ValueError, match="rank 999 is larger than in_features"):

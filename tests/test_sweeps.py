@@ -178,3 +178,16 @@ def test_sweep_validation_works_from_an_empty_model_cache(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "valid" in proc.stdout, proc.stderr[-3000:]
     assert (tmp_path / "cache" / "models" / "smollm2-135m-instruct" / "config.json").exists()
+
+
+@pytest.mark.parametrize("experiment", ["mini", "small"])
+def test_the_methods_sweep_runs_every_method_and_each_job_validates(experiment, tmp_path):
+    from sorsa_repro.methods.config import METHODS
+    from sorsa_repro.training.validate import validate_config
+
+    jobs = sweep_jobs(compose_sweep("+sweep=methods", f"experiment={experiment}", "seed=0"))
+    assert sorted(j[0].removeprefix("method=") for j in jobs) == sorted(set(METHODS) - {"peft"})
+    for job in jobs:  # what the sweep's pre-flight check does for each job: no model weights load
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[*job, f"results_dir={tmp_path}"])
+        validate_config(cfg)

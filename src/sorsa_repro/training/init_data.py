@@ -35,15 +35,15 @@ class InitData:
 def init_data(data, method: MethodConfig) -> InitData | None:
     """The batches ``method``'s init reads from the data module ``data`` (None for methods without one).
 
-    Raises ValueError, before any model loads, when there are fewer training examples than
-    ``method.init_examples``, or (EVA) a micro-batch has fewer response tokens than the rank: EVA's
-    incremental SVD skips such batches."""
+    It reads at most ``method.init_examples`` examples (all of a smaller training set; ``identity`` records
+    both numbers). Raises ValueError, before any model loads, when (EVA) a micro-batch has fewer response
+    tokens than the rank: EVA's incremental SVD skips such batches."""
     if method.name not in DATA_METHODS:
         return None
     data.setup()
-    n, size = method.init_examples, len(data.train_dataset)
-    if n > size:
-        raise ValueError(f"method.init_examples={n}, but the training set has {size} examples")
+    # at most init_examples: a small experiment's whole training set may be shorter (mini: 20 examples)
+    n = min(method.init_examples, len(data.train_dataset))
+    size = len(data.train_dataset)
     order = list(ResumableSampler(size, data.seed))[:n]
     batches = [
         data.collator([data.train_dataset[i] for i in order[start : start + data.batch_size]])
@@ -59,6 +59,7 @@ def init_data(data, method: MethodConfig) -> InitData | None:
     ids = [str(data.examples[i]["id"]) for i in order]
     identity = {
         "examples": n,
+        "requested": method.init_examples,
         "micro_batches": len(batches),
         "batch_size": data.batch_size,
         "selection": f"the first {n} examples of epoch 0 (seed {data.seed}): where training starts",
