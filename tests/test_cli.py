@@ -52,6 +52,17 @@ def test_every_entry_point_has_a_help_that_exits_zero_and_runs_nothing(tmp_path,
     assert list(tmp_path.iterdir()) == []  # nothing written: no outputs/, results/ or report
 
 
+@pytest.mark.parametrize("script", ["sorsa-train", "sorsa-evaluate", "sorsa-report"])
+def test_console_scripts_work_from_outside_the_checkout(tmp_path, script):
+    """The installed entry points (pyproject [project.scripts]) find their configs from any directory."""
+    path = Path(sys.executable).parent / script
+    if not path.exists():
+        pytest.fail(f"{path} is missing: install the package (make install)")
+    proc = subprocess.run([str(path), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert script in proc.stdout and "Primary config module" not in proc.stderr + proc.stdout
+
+
 def test_key_value_cli_rejects_unknown_and_malformed_arguments(capsys):
     cli = KeyValueCli("prog", "does things", {"experiment": "the experiment"}, commands={"go": "go"})
     assert cli.parse(["go", "experiment=mini"]) == ("go", {"experiment": "mini"}, [])
