@@ -15,7 +15,6 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import subprocess
@@ -28,13 +27,20 @@ from pathlib import Path
 
 from sorsa_repro.evaluation.backends import (
     BACKENDS,
-    Completion,
     default_dtype,
     make_backend,
     resolve_backend,
     timed_generate,
 )
-from sorsa_repro.evaluation.summary import benchmark_summary, grader_versions
+from sorsa_repro.evaluation.predictions import (
+    make_row,
+    predictions_path,
+    read_predictions,
+    regrade,
+    reusable,
+    write_predictions,
+)
+from sorsa_repro.evaluation.summary import benchmark_summary
 from sorsa_repro.evaluation.targets import MERGED_DIR, merged_with_adapter, resolve_target
 from sorsa_repro.evaluation.tasks import (
     BENCHMARKS,
@@ -45,7 +51,6 @@ from sorsa_repro.evaluation.tasks import (
 from sorsa_repro.results import (
     LOCK_HELD_ENV,
     atomic_dir,
-    atomic_write_text,
     load_result,
     run_folder_lock,
     stage,
@@ -55,7 +60,6 @@ from sorsa_repro.results import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = GENERATION_PROTOCOLS[DEFAULT_GENERATION].max_new_tokens
-PREDICTIONS_DIR = "predictions"
 VLLM_CHUNK_SIZE = 256
 
 
@@ -169,102 +173,6 @@ class EvalConfig:
         return generation_protocol(self.generation).stop
 
 
-# ---------------------------------------------------------------------------------------------- predictions
-
-
-def predictions_path(out_dir: str | Path, benchmark: str) -> Path:
-    return Path(out_dir) / PREDICTIONS_DIR / f"{benchmark}.jsonl"
-
-
-def read_predictions(path: Path) -> dict[str, dict]:
-    """Rows by id; unreadable lines (a file cut short by hand) are skipped with a warning."""
-    rows: dict[str, dict] = {}
-    if not path.exists():
-        return rows
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows[row["id"]] = row
-        except (json.JSONDecodeError, KeyError, TypeError):
-            logger.warning("%s line %d is not a prediction row; it will be generated again", path, n)
-    return rows
-
-
-def write_predictions(path: Path, rows: list[dict | None], kept: list[dict] = ()) -> None:
-    """This call's rows in dataset order, then rows of earlier calls it did not cover (a larger limit)."""
-    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in [*rows, *kept] if r is not None]
-    atomic_write_text(path, "".join(lines))
-
-
-def grade(benchmark: str, completion: str, reference: str) -> dict:
-    """The graders' verdict; any failure counts as wrong and is logged, so one bad row never stops a run."""
-    from sorsa_repro.evaluation.graders import GRADERS, score_completion
-
-    try:
-        return score_completion(benchmark, completion, reference)
-    except Exception:
-        logger.warning("grading failed on %.80r; counted wrong", completion, exc_info=True)
-        wrong = {"strict": False, "flexible": False}
-        return {
-            "strict_answer": None,
-            "flexible_answer": None,
-            "gold": None,
-            "correct": {g: dict(wrong) for g in GRADERS[benchmark]},
-        }
-
-
-def make_row(
-    benchmark: str,
-    example: dict,
-    prompt: str,
-    completion: Completion,
-    max_new_tokens: int,
-    backend: str,
-    generation: str = DEFAULT_GENERATION,
-):
-    graded = grade(benchmark, completion.text, example["reference"])
-    return {
-        "id": example["id"],
-        "prompt": prompt,
-        "completion": completion.text,
-        "n_tokens": completion.n_tokens,
-        "finish_reason": completion.finish_reason,
-        "max_new_tokens": max_new_tokens,
-        "generation": generation,
-        "backend": backend,
-        "strict_answer": graded["strict_answer"],
-        "flexible_answer": graded["flexible_answer"],
-        "gold": graded["gold"],
-        "correct": graded["correct"],
-        "timeouts": graded.get("timeouts", {}),  # grader -> modes whose check ran out of time (counted wrong)
-        "grader_versions": grader_versions(benchmark),
-    }
-
-
-def _reusable(row: dict | None, prompt: str, max_new_tokens: int, generation: str) -> bool:
-    """A stored row answers this call when it was generated from the same prompt with the same settings
-    (rows from before generation protocols were named were generated without stop strings: sorsa-v1)."""
-    return (
-        row is not None
-        and row.get("prompt") == prompt
-        and row.get("max_new_tokens") == max_new_tokens
-        and row.get("generation", "sorsa-v1") == generation
-    )
-
-
-def _regrade(benchmark: str, row: dict, reference: str) -> dict:
-    """A reused row graded again when a grader's version changed since it was written."""
-    if row.get("grader_versions") == grader_versions(benchmark):
-        return row
-    graded = grade(benchmark, row["completion"], reference)
-    fresh = {
-        k: graded.get(k, {}) for k in ("strict_answer", "flexible_answer", "gold", "correct", "timeouts")
-    }
-    return {**row, **fresh, "grader_versions": grader_versions(benchmark)}
-
-
 # ---------------------------------------------------------------------------------------------- the loop
 
 
@@ -312,8 +220,8 @@ def _evaluate_benchmark(
     kept = [row for pid, row in old.items() if pid not in wanted]  # beyond this call's limit: never dropped
     prompts = [build_prompt(ex["query"], for_eval=True) for ex in examples]
     rows: list[dict | None] = [
-        _regrade(benchmark, old[ex["id"]], ex["reference"])
-        if _reusable(old.get(ex["id"]), p, max_new, cfg.generation)
+        regrade(benchmark, old[ex["id"]], ex["reference"])
+        if reusable(old.get(ex["id"]), p, max_new, cfg.generation)
         else None
         for ex, p in zip(examples, prompts, strict=True)
     ]
