@@ -58,3 +58,26 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class Killed(Exception):
+    """Stands for a kill in the middle of training (``train_killed_after_step``)."""
+
+
+def train_killed_after_step(cfg, step: int, monkeypatch) -> Path:
+    """Run ``cfg``'s training and stop it right after optimizer step ``step`` as a kill would; the run folder."""
+    from sorsa_repro.training.module import FineTuneModule
+    from sorsa_repro.training.task import run_training
+
+    original = FineTuneModule.on_train_batch_end
+
+    def die_after_step(self, *args):
+        if self.trainer.global_step == step:
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(FineTuneModule, "on_train_batch_end", die_after_step, raising=False)
+    with pytest.raises(Killed):
+        run_training(cfg)
+    monkeypatch.undo()
+    return Path(cfg.run_dir)

@@ -34,7 +34,11 @@ def run(*cmd: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
 @pytest.mark.parametrize(
     ("module", "expected", "absent"),
     [
-        ("sorsa_repro.train", ["sorsa-train experiment=mini", "data=custom", "peft, pissa, sorsa, svfit"], []),
+        (
+            "sorsa_repro.train",
+            ["sorsa-train experiment=mini", "data=custom", "peft, pissa, sorsa, svfit"],
+            [],
+        ),
         # evaluation takes no training groups: its help must not offer them
         ("sorsa_repro.evaluate", ["adapter=", "benchmarks:", "Wilson"], ["arm:", "sweep:", "trainer:"]),
         ("sorsa_repro.replicate", ["scale", "update_reference", "Hydra overrides"], ["=== sweep"]),

@@ -9,7 +9,6 @@ CorDA to float32 rounding (it subtracts its top-r part from W and adds it back t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +30,7 @@ from sorsa_repro.methods import (
     trainable_params_on_meta,
 )
 from sorsa_repro.models import tiny_llama_config
+from tests.conftest import train_killed_after_step
 from tests.test_methods import forbid_svd, logits, perturb_trainable, rel_err, saved_tensors
 from tests.test_training import read_metrics, tiny_cfg
 
@@ -304,33 +304,17 @@ def test_data_pass_reads_the_first_training_batches_and_is_recorded(tmp_path, mo
     assert result["train"]["status"] == "finished"
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(DATA))
 def test_resume_restores_the_init_without_the_data_and_reproduces_the_losses(tmp_path, monkeypatch, method):
-    from sorsa_repro.training.module import FineTuneModule
     from sorsa_repro.training.task import run_training
 
     extra = ("train.max_steps=6", "train.checkpoint_every=3")
     full = run_training(tiny_cfg(tmp_path / "full", method, *extra))
     expected = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(full)]
 
-    original = FineTuneModule.on_train_batch_end
-
-    def die_after_step_4(self, *args):
-        if self.trainer.global_step == 4:
-            raise _Killed
-        return original(self, *args)
-
     cfg = tiny_cfg(tmp_path / "part", method, *extra)
-    monkeypatch.setattr(FineTuneModule, "on_train_batch_end", die_after_step_4, raising=False)
-    with pytest.raises(_Killed):
-        run_training(cfg)
-    monkeypatch.undo()
-    run_dir = Path(cfg.run_dir)
+    run_dir = train_killed_after_step(cfg, 4, monkeypatch)
     first = json.loads((run_dir / "result.json").read_text())["train"]["init_data"]
     initial = load_file(str(run_dir / "checkpoints/initial_adapter.safetensors"))
     forbid_data_pass(monkeypatch)  # the resume must not read the data again
