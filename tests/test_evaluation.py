@@ -119,7 +119,10 @@ def test_the_evaluation_worker_gets_exactly_the_config(tmp_path, monkeypatch):
     )
     seen = []
     monkeypatch.setattr(ev, "evaluate", lambda mapping: seen.append(EvalConfig.from_mapping(mapping)))
-    worker.main([str(worker.write_config(cfg, tmp_path / "config.json"))])
+    (tmp_path / "config.json").write_text(
+        json.dumps(dataclasses.asdict(cfg))
+    )  # as _evaluate_in_subprocess does
+    worker.main([str(tmp_path / "config.json")])
     assert seen == [cfg]
 
 

@@ -45,7 +45,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     from sorsa_repro import cpu_threads
-    from sorsa_repro.train import exit_on_sigterm
+    from sorsa_repro.signals import exit_on_sigterm
 
     cpu_threads.configure()
     exit_on_sigterm()

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 import sorsa_repro.training  # noqa: F401  (registers ${run_id:} before Hydra composes)
 from sorsa_repro.console import configure_console, hydra_verbose
 from sorsa_repro.layout import CONF_DIR
+from sorsa_repro.signals import exit_on_sigterm
 
 log = logging.getLogger("sorsa_repro.train")
 LOG_FILE = "train.log"
@@ -93,18 +94,6 @@ def _log_to(path: Path, enabled: bool = True):
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> dict:
     return run_job(cfg)
-
-
-def exit_on_sigterm() -> None:
-    """SIGTERM (a scheduler's kill, ``kill <pid>``) ends the job as Ctrl-C does: the run folder records
-    ``interrupted`` and the process exits 143. (Lightning's own handler alone would stop at the next batch
-    and exit 0.)"""
-    import signal
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def main() -> None:

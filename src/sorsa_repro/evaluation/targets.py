@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sorsa_repro.evaluation.run import EvalConfig
+    from sorsa_repro.evaluation.config import EvalConfig
 
 MERGED_DIR = "merged"
 RUN_EXPORTS = (MERGED_DIR, "adapter", "adapter_lora")  # folders of a run named after the run

@@ -1,28 +1,20 @@
 """``python -m sorsa_repro.evaluation.worker <config.json>``: the evaluation process a training job starts.
 
 vLLM runs in its own process, which frees its memory on exit. The parent writes the ``EvalConfig`` as JSON
-(``write_config``) and this process reads it back: no command-line round trip of every option.
+ and this process reads it back: no command-line round trip of every option.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 
-def write_config(cfg, path: Path) -> Path:
-    from sorsa_repro.results import atomic_write_json
-
-    atomic_write_json(path, dataclasses.asdict(cfg))
-    return path
-
-
 def main(argv: list[str] | None = None) -> None:
     from sorsa_repro import cpu_threads
-    from sorsa_repro.train import exit_on_sigterm
+    from sorsa_repro.signals import exit_on_sigterm
 
     cpu_threads.configure()  # before torch is imported
     exit_on_sigterm()
