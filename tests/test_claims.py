@@ -119,3 +119,14 @@ def test_claims_file_is_deterministic_and_in_the_readme(experiment, tmp_path):
     assert "*a test scale*" in first and "| 4 | SORSA > PiSSA |" in first
     readme = write_readme(experiment, load_reference(), out, str(tmp_path)).read_text()
     assert "## The paper's claims at this scale (exp)" in readme
+
+
+def test_an_accuracy_edge_of_a_few_problems_is_not_a_verdict(tmp_path):
+    """One more right answer per seed gives three equal paired differences, a zero-width t interval that
+    excludes 0; on 3 discordant problems the paired test (McNemar p = 0.25) says it could be chance."""
+    for seed in range(3):
+        make_run(tmp_path, "sorsa", seed, 0.5, 2)
+        make_run(tmp_path, "pissa", seed, 0.5, 1)
+    row = _row(claim_rows(load_experiment(tmp_path, "exp")), "SORSA > PiSSA", "synthetic accuracy")
+    assert row.difference == "+2.5 [+2.5, +2.5] pp"
+    assert row.verdict == "inconclusive (paired test on the same problems: McNemar p = 0.25)"
