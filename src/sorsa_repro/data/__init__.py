@@ -1,5 +1,8 @@
 """Data: prompt template, synthetic problems, dataset sources, tokenisation with masking, DataModule."""
 
+from .answer_format import gsm8k_to_metamath, last_boxed, math_to_metamath
+from .custom import check_train_source, load_train_examples
+from .identity import data_identity
 from .prompt import EVAL_SUFFIX, PROMPT_TEMPLATE, PROMPT_VERSION, build_prompt
 from .sources import (
     DEFAULT_SYNTHETIC_TEST,
@@ -9,13 +12,7 @@ from .sources import (
     TRAIN_DATASETS,
     DataFormatError,
     check_eval_data,
-    check_train_source,
-    data_identity,
-    gsm8k_to_metamath,
-    last_boxed,
     load_eval_examples,
-    load_train_examples,
-    math_to_metamath,
 )
 from .synthetic import GENERATOR_VERSION, make_synthetic
 

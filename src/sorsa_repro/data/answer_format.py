@@ -9,6 +9,8 @@ format and the graders (``evaluation.graders``) read them back with the same def
   trailing space included (meta-math/MetaMath ``eval_gsm8k.py`` line 25, ``eval_math.py`` line 23).
 - ``last_boxed``: the content of the last ``\boxed{...}``. MetaMath's own ``last_boxed_only_string``
   + ``remove_boxed`` (used only by the ``metamath`` grader) is stricter; see ``evaluation.graders``.
+- ``gsm8k_to_metamath`` / ``math_to_metamath``: a GSM8K answer or a MATH solution rewritten as a
+  MetaMathQA response (ending in ``The answer is: N``), to train on them like MetaMathQA.
 """
 
 from __future__ import annotations
@@ -54,3 +56,21 @@ def last_boxed(text: str | None) -> str | None:
         if inner is not None:
             return inner
     return None
+
+
+def gsm8k_to_metamath(answer: str) -> str:
+    """GSM8K answer -> MetaMathQA form: drop <<calc>> annotations, final '#### N' -> 'The answer is: N'."""
+    text = re.sub(r"<<[^<>]*>>", "", answer)
+    body, sep, final = text.rpartition("####")
+    if not sep:
+        raise ValueError(f"GSM8K answer has no '#### N' line: {answer[-80:]!r}")
+    number = final.strip().replace(",", "")  # "1,080" -> "1080", as MetaMath's graders normalise it
+    return f"{body.rstrip()}\nThe answer is: {number}"
+
+
+def math_to_metamath(solution: str) -> str:
+    """MATH solution -> MetaMathQA response: the solution, then 'The answer is: <last boxed content>'."""
+    boxed = last_boxed(solution)
+    if boxed is None:
+        raise ValueError(f"MATH solution has no \\boxed{{}} answer: {solution[-80:]!r}")
+    return f"{solution}\nThe answer is: {boxed}"

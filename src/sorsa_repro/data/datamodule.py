@@ -7,8 +7,9 @@ import os
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from .custom import check_fields, check_train_source, is_builtin, load_train_examples
+from .identity import data_identity
 from .sampler import ResumableSampler
-from .sources import check_fields, check_train_source, data_identity, is_builtin, load_train_examples
 from .tokenize import LONG_PROMPT_MODES, PadCollator, check_modes, encode_examples, pad_token_id
 
 
@@ -42,7 +43,7 @@ class MathDataModule(L.LightningDataModule):
     with SmolLM2's tokenizer) instead of raising. The constructor only validates; data is loaded on
     `setup()` or on first access to `num_train_examples` (which the trainer needs for optimizer steps).
     Your own data: `name` is a .json/.jsonl file or a hub dataset id (`split`, `config`), `fields` maps
-    query and response to its field names (sources.load_train_examples).
+    query and response to its field names (custom.load_train_examples).
     """
 
     def __init__(

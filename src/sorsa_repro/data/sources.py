@@ -11,31 +11,24 @@ Hub ids: meta-math/MetaMathQA; openai/gsm8k (config "main"); EleutherAI/hendryck
 per subject, concatenated in subject order, which is the order of the local MATH files);
 HuggingFaceH4/MATH-500. "synthetic" is generated in-process (see synthetic.py).
 
-Your own training data: any other `name` is a .json/.jsonl file (JSON lines, or one JSON list of objects) or a
-hub dataset id "owner/name" (`split`, `config`), its `fields` mapping {query, response} to its own field names
-(default: query, response). It is trained with the same prompt and masking as the built-in sets.
+Any other training-data name is your own data (custom.py); the GSM8K and MATH answers are rewritten into
+MetaMathQA's response form by answer_format.py; a data set's provenance for result.json is identity.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
-from .answer_format import last_boxed
-from .synthetic import GENERATOR_VERSION, make_synthetic
+from .answer_format import gsm8k_to_metamath, last_boxed, math_to_metamath
+from .synthetic import make_synthetic
 
 ENV_VAR = "SORSA_DATA_DIR"
 TRAIN_DATASETS = ("metamathqa", "gsm8k", "math", "synthetic")
 EVAL_BENCHMARKS = ("gsm8k", "math", "math500", "synthetic")
 DEFAULT_SYNTHETIC_TRAIN = 2000
 DEFAULT_SYNTHETIC_TEST = 500
-DATA_FILE_SUFFIXES = (".json", ".jsonl")
-DEFAULT_FIELDS = {"query": "query", "response": "response"}
-_FILE_LIKE = (*DATA_FILE_SUFFIXES, ".csv", ".tsv", ".txt", ".parquet", ".arrow", ".gz", ".zip")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 MATH_SUBJECTS = (
     "algebra", "counting_and_probability", "geometry", "intermediate_algebra",
     "number_theory", "prealgebra", "precalculus",
@@ -50,27 +43,6 @@ SOURCES = {
     ("math", "test"): ("math/MATH_test.jsonl", "EleutherAI/hendrycks_math", MATH_SUBJECTS, "test"),
     ("math500", "test"): ("math/math500.jsonl", "HuggingFaceH4/MATH-500", None, "test"),
 }
-
-
-# ---------------------------------------------------------------- conversions
-
-
-def gsm8k_to_metamath(answer: str) -> str:
-    """GSM8K answer -> MetaMathQA form: drop <<calc>> annotations, final '#### N' -> 'The answer is: N'."""
-    text = re.sub(r"<<[^<>]*>>", "", answer)
-    body, sep, final = text.rpartition("####")
-    if not sep:
-        raise ValueError(f"GSM8K answer has no '#### N' line: {answer[-80:]!r}")
-    number = final.strip().replace(",", "")  # "1,080" -> "1080", as MetaMath's graders normalise it
-    return f"{body.rstrip()}\nThe answer is: {number}"
-
-
-def math_to_metamath(solution: str) -> str:
-    """MATH solution -> MetaMathQA response: the solution, then 'The answer is: <last boxed content>'."""
-    boxed = last_boxed(solution)
-    if boxed is None:
-        raise ValueError(f"MATH solution has no \\boxed{{}} answer: {solution[-80:]!r}")
-    return f"{solution}\nThe answer is: {boxed}"
 
 
 # ---------------------------------------------------------------- resolution and reading
@@ -209,87 +181,6 @@ def _math_id(row: dict, split: str, i: int) -> str:
     return f"{split}/{i}"
 
 
-# ---------------------------------------------------------------- your own data: a JSON/JSONL file or a hub id
-
-
-def is_builtin(name: str) -> bool:
-    """A built-in training set, or built-in sets joined with "+"."""
-    return all(part in TRAIN_DATASETS for part in name.split("+"))
-
-
-def custom_kind(name: str) -> str:
-    """Whether a name that is not built-in is a local "file" or a "hub" id; a clear error when neither."""
-    path = Path(name).expanduser()
-    if path.exists() or path.suffix.lower() in _FILE_LIKE or name.startswith(("/", ".", "~")):
-        if path.suffix.lower() not in DATA_FILE_SUFFIXES:
-            raise ValueError(
-                f"training data file {name!r}: expected a .json or .jsonl file (JSON lines, or one JSON "
-                "list of objects)"
-            )
-        if not path.is_file():
-            raise FileNotFoundError(f"training data file {path} not found")
-        return "file"
-    if _HUB_ID.fullmatch(name):
-        return "hub"
-    raise ValueError(
-        f"unknown training dataset {name!r}; known: {', '.join(TRAIN_DATASETS)} (join with '+'), a "
-        ".json/.jsonl file, or a hub dataset id owner/name"
-    )
-
-
-def check_fields(fields) -> dict:
-    """The {query, response} -> field-name mapping (default: the same names)."""
-    fields = dict(DEFAULT_FIELDS if fields is None else fields)
-    if set(fields) != set(DEFAULT_FIELDS) or not all(isinstance(v, str) and v for v in fields.values()):
-        raise ValueError(f"data.fields must map query and response to field names, got {fields}")
-    return fields
-
-
-def check_train_source(name: str, fields=None) -> None:
-    """Fail now on an unknown name, a missing or non-JSON file or a bad field mapping (rows are read later)."""
-    if not is_builtin(name):
-        custom_kind(name)
-        check_fields(fields)
-
-
-def _custom_hub_rows(
-    hub_id: str, limit: int | None, split: str, config: str | None
-) -> list[tuple[str, dict]]:
-    sub = f"{split}[:{limit}]" if limit is not None and "[" not in split else split
-    try:
-        import datasets
-
-        part = datasets.load_dataset(hub_id, config, split=sub)
-    except Exception as e:  # offline, unknown id, gated: one clear message instead of a deep traceback
-        raise RuntimeError(
-            f"could not load the hub dataset {hub_id!r} (config {config!r}, split {sub!r}): {e}. Without "
-            "network access, save it as a .json/.jsonl file and pass that file's path instead."
-        ) from e
-    return [(f"{hub_id} {split} row {i}", dict(r)) for i, r in enumerate(part)]
-
-
-def _custom_examples(name: str, limit: int | None, fields, split: str, config: str | None) -> list[dict]:
-    fields = check_fields(fields)
-    if custom_kind(name) == "file":
-        rows, source = _read_rows(Path(name).expanduser(), limit), name
-    else:
-        rows, source = _custom_hub_rows(name, limit, split, config), f"hub dataset {name!r} split {split!r}"
-    if not rows:
-        raise DataFormatError(f"{source}: no rows")
-
-    def make(i: int, row: dict) -> dict:
-        missing = [f"{col!r} (data.fields.{role})" for role, col in fields.items() if col not in row]
-        if missing:
-            found = ", ".join(sorted(row))
-            raise ValueError(f"no field {' or '.join(missing)}; fields found: {found}")
-        for col in fields.values():
-            if not isinstance(row[col], str):
-                raise TypeError(f"field {col!r} holds a {type(row[col]).__name__}, expected text")
-        return {"id": f"custom/{i}", "query": row[fields["query"]], "response": row[fields["response"]]}
-
-    return _convert(rows, make)
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -298,27 +189,20 @@ def _check(name: str, known: tuple, what: str) -> None:
         raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
 
 
-def load_train_examples(
-    name: str,
-    limit: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    fields=None,
-    split: str = "train",
-    config: str | None = None,
+def load_builtin_train_examples(
+    name: str, limit: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0
 ) -> list[dict]:
-    """Training examples `{id, query, response}` of `name` (metamathqa | gsm8k | math | synthetic).
+    """Training examples `{id, query, response}` of a built-in set (metamathqa | gsm8k | math | synthetic).
 
     `limit` keeps the first N rows (MetaMathQA `train[:N]`, as the paper); for synthetic it is the
     number of generated problems (default 2000) and `seed` picks them. `name` may join sources with
-    "+" (e.g. "gsm8k+math"); `limit` then applies to each. Any other `name` is a .json/.jsonl file or a
-    hub dataset id (loaded as `datasets.load_dataset(name, config, split=split)`), its `fields` mapping
-    query and response to its own field names (default: query, response).
+    "+" (e.g. "gsm8k+math"); `limit` then applies to each. For any name,
+    built-in or your own: custom.load_train_examples.
     """
-    if not is_builtin(name):
-        return _custom_examples(name, limit, fields, split, config)
     if "+" in name:
-        return [ex for part in name.split("+") for ex in load_train_examples(part, limit, data_dir, seed)]
+        return [
+            ex for part in name.split("+") for ex in load_builtin_train_examples(part, limit, data_dir, seed)
+        ]
     _check(name, TRAIN_DATASETS, "training dataset")
     if name == "synthetic":
         return make_synthetic("train", DEFAULT_SYNTHETIC_TRAIN if limit is None else limit, seed)
@@ -387,64 +271,3 @@ def check_eval_data(benchmark: str, data_dir: str | os.PathLike | None = None) -
     root = _data_dir(data_dir)
     if benchmark != "synthetic" and root is not None:
         _local_file(root, benchmark, "test")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def data_identity(
-    name: str,
-    split: str = "train",
-    limit: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    examples: list[dict] | None = None,
-    fields=None,
-    config: str | None = None,
-) -> dict:
-    """Provenance of a data set for result.json: where it came from and, given `examples`, what it held.
-
-    `split` is "train" or "test" (the benchmark split; for your own hub data, its split). No network: for
-    hub sources only the id is recorded; a local file is recorded with its sha256.
-    """
-    ident: dict = {"name": name, "split": split, "limit": limit}
-    if examples is not None:
-        ident["rows"] = len(examples)
-        blob = json.dumps([[e["id"], e["query"], e.get("response", e.get("reference"))] for e in examples])
-        ident["content_sha256"] = hashlib.sha256(blob.encode()).hexdigest()
-    if name not in EVAL_BENCHMARKS and not is_builtin(name):  # your own data
-        fields = check_fields(fields)
-        if custom_kind(name) == "file":
-            path = Path(name).expanduser()
-            return {**ident, "source": "local", "path": name, "fields": fields, "file_sha256": _sha256(path)}
-        return {
-            **ident,
-            "source": "hub",
-            "hub_id": name,
-            "hub_config": config,
-            "hub_split": split,
-            "fields": fields,
-        }
-    if "+" in name:
-        ident["parts"] = [data_identity(p, split, limit, data_dir, seed) for p in name.split("+")]
-        return ident
-    if name == "synthetic":
-        return {**ident, "source": "synthetic", "generator": GENERATOR_VERSION, "seed": seed}
-    key = (name, split)
-    if key not in SOURCES:
-        raise ValueError(f"no data source for {name!r} split {split!r}; known: {sorted(SOURCES)}")
-    _, hub_id, config, hub_split = SOURCES[key]
-    root = _data_dir(data_dir)
-    if root is not None:
-        path = _local_file(root, name, split)
-        # where it lies relative to the data folder, which is named as configured (no machine's own path)
-        folder = f"${ENV_VAR}" if data_dir is None else str(data_dir)
-        file = f"{folder}/{path.relative_to(root).as_posix()}"
-        return {**ident, "source": "local", "path": file, "file_sha256": _sha256(path)}
-    configs = list(config) if isinstance(config, tuple) else config
-    return {**ident, "source": "hub", "hub_id": hub_id, "hub_config": configs, "hub_split": hub_split}
