@@ -19,7 +19,8 @@ from sorsa_repro.evaluate import CONF_DIR, model_override
 from sorsa_repro.evaluation import backends
 from sorsa_repro.evaluation import run as ev
 from sorsa_repro.evaluation.backends import Completion, HFBackend
-from sorsa_repro.evaluation.run import DEFAULT_MAX_NEW_TOKENS, EvalConfig, evaluate, evaluate_run
+from sorsa_repro.evaluation.config import DEFAULT_MAX_NEW_TOKENS, EvalConfig
+from sorsa_repro.evaluation.run import evaluate, evaluate_run
 from sorsa_repro.methods import apply_method, merge_model
 from sorsa_repro.models import OFFLINE_MODEL, load_base_model
 

@@ -8,7 +8,7 @@ Examples::
 
 ``model=`` takes an option of the conf/model group (as training does: ``smollm2_135m``, ``llama2_7b``,
 whose dtype then applies), a local folder, a hub id or ``smollm2-135m-instruct``.
-Options: conf/eval.yaml (the fields of ``sorsa_repro.evaluation.run.EvalConfig``).
+Options: conf/eval.yaml (their defaults and meaning; ``sorsa_repro.evaluation.config.EvalConfig`` checks them).
 """
 
 from __future__ import annotations

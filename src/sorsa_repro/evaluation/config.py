@@ -1,11 +1,18 @@
 """What to evaluate and how: ``EvalConfig``, the one schema of an evaluation (its fields are the keys of
-conf/eval.yaml and of the ``evaluate`` section of a training config), validated before anything loads."""
+conf/eval.yaml and of the ``evaluate`` section of a training config), validated before anything loads.
+
+conf/eval.yaml is the single source of the defaults and their explanations; the dataclass adds the types
+and the checks."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from sorsa_repro.evaluation.backends import BACKENDS
 from sorsa_repro.evaluation.tasks import (
@@ -14,44 +21,53 @@ from sorsa_repro.evaluation.tasks import (
     GENERATION_PROTOCOLS,
     generation_protocol,
 )
+from sorsa_repro.layout import CONF_DIR
 
 DEFAULT_MAX_NEW_TOKENS = GENERATION_PROTOCOLS[DEFAULT_GENERATION].max_new_tokens
 VLLM_CHUNK_SIZE = 256
 
 
+def _eval_yaml_defaults() -> dict:
+    """conf/eval.yaml's option values (its comments explain each): the one place the defaults are written."""
+    node = yaml.safe_load((CONF_DIR / "eval.yaml").read_text(encoding="utf-8"))
+    return {k: v for k, v in node.items() if k not in ("defaults", "hydra")}
+
+
+DEFAULTS = _eval_yaml_defaults()
+
+
+def _default(name: str):
+    value = DEFAULTS[name]  # a KeyError here: a field conf/eval.yaml does not set
+    if isinstance(value, list | dict):
+        return field(default_factory=lambda: copy.deepcopy(value))
+    return field(default=value)
+
+
 @dataclass
 class EvalConfig:
-    """What to evaluate and how; the fields are the keys of conf/eval.yaml."""
+    """What to evaluate and how: the keys of conf/eval.yaml (which explains them and holds their defaults)."""
 
-    run: str | None = None  # a run folder: reads <run>/merged/, writes predictions/ and result.json there
-    model: str | None = (
-        None  # or a model: local folder, hub id, smollm2-135m-instruct (or tiny-random, hf only)
-    )
-    out_dir: str | None = None  # for model=: where to write; default results/eval/<model or adapter name>/
-    adapter: str | None = None  # with model=: a peft or SORSA adapter folder, merged into the model first
-    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
-    limit: int | dict | None = None  # first N problems: one int for all, or per benchmark; None = all
-    # stop strings and token budgets of a reference's evaluation (evaluation/tasks.py): sorsa-v1 |
-    # metamath-v1 | wizardmath-v1
-    generation: str = DEFAULT_GENERATION
-    max_new_tokens: int | dict | None = None  # one int for all, or per benchmark; None = the protocol's
-    backend: str = "auto"  # vllm | hf | auto (vllm when installed)
-    batch_size: int | None = None  # hf: prompts per generate call; None: 64 on a GPU, 8 on CPU
-    # prompts generated between two rewrites of the predictions file (an interrupt loses at most one chunk);
-    # None: 4 x batch_size for hf, 256 for vllm (which needs many prompts at once to fill its batches)
-    chunk_size: int | None = None
-    dtype: str | None = None  # None: bfloat16 on a GPU, float32 on CPU
-    device: str | None = None  # hf: None = cuda when available
-    tensor_parallel_size: int = 1  # vllm
-    gpu_memory_utilization: float | None = None  # vllm: None = 0.9 on GPU; on CPU a fixed KV cache instead
-    kv_cache_gib: float | None = None  # vllm: KV-cache size; None = 2 GiB on CPU, from the fraction on GPU
-    enforce_eager: bool | None = None  # vllm: None = eager on CPU (start-up ~25 s instead of ~100 s)
-    max_model_len: int | None = None  # vllm: None = the model's
-    data_dir: str | None = (
-        None  # local data (laid out like shared/data); None = $SORSA_DATA_DIR, else the hub
-    )
-    seed: int = 0  # picks the synthetic benchmark's held-out problems
-    overwrite: bool = False  # ignore existing predictions and generate everything again
+    run: str | None = _default("run")  # a run folder: evaluates <run>/merged/, writes into it
+    model: str | None = _default("model")  # or a model (conf/model option, folder, hub id, offline name)
+    out_dir: str | None = _default("out_dir")
+    adapter: str | None = _default("adapter")
+    benchmarks: list[str] = _default("benchmarks")
+    limit: int | dict | None = _default("limit")  # one int for all, or per benchmark
+    generation: str = _default("generation")
+    max_new_tokens: int | dict | None = _default("max_new_tokens")  # one int for all, or per benchmark
+    backend: str = _default("backend")
+    batch_size: int | None = _default("batch_size")
+    chunk_size: int | None = _default("chunk_size")
+    dtype: str | None = _default("dtype")
+    device: str | None = _default("device")
+    tensor_parallel_size: int = _default("tensor_parallel_size")
+    gpu_memory_utilization: float | None = _default("gpu_memory_utilization")
+    kv_cache_gib: float | None = _default("kv_cache_gib")
+    enforce_eager: bool | None = _default("enforce_eager")
+    max_model_len: int | None = _default("max_model_len")
+    data_dir: str | None = _default("data_dir")
+    seed: int = _default("seed")
+    overwrite: bool = _default("overwrite")
 
     def __post_init__(self):
         if isinstance(self.model, Mapping):
@@ -127,3 +143,21 @@ class EvalConfig:
     @property
     def stop(self) -> tuple[str, ...]:
         return generation_protocol(self.generation).stop
+
+
+def eval_config_for_training(run_dir, cfg) -> EvalConfig:
+    """The evaluation after training, as conf/train.yaml's ``evaluate`` section says: EvalConfig keys
+    (benchmarks, limit, backend, max_new_tokens, batch_size, ...); the model's dtype and the data folder
+    come from ``model`` and ``data``. Raises ValueError for options evaluation would reject."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def plain(node):
+        return (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        )
+
+    section = plain(cfg["evaluate"])
+    model, data = plain(cfg.get("model")), plain(cfg.get("data"))
+    section.setdefault("dtype", model.get("dtype"))
+    section.setdefault("data_dir", data.get("data_dir"))
+    return EvalConfig.from_mapping(section, run=str(Path(run_dir).resolve()), model=None)

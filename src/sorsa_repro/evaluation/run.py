@@ -30,7 +30,7 @@ from sorsa_repro.evaluation.backends import (
     resolve_backend,
     timed_generate,
 )
-from sorsa_repro.evaluation.config import DEFAULT_MAX_NEW_TOKENS, EvalConfig  # noqa: F401 (re-exported)
+from sorsa_repro.evaluation.config import EvalConfig, eval_config_for_training
 from sorsa_repro.evaluation.predictions import (
     make_row,
     predictions_path,
@@ -83,19 +83,15 @@ class _LazyBackend:
             self._backend.close()
 
 
-def _evaluate_benchmark(
-    cfg: EvalConfig,
-    benchmark: str,
-    examples: list[dict],
-    backend: _LazyBackend,
-    out_dir: Path,
-    model_name: str,
-) -> dict:
-    from sorsa_repro.data import PROMPT_VERSION, build_prompt, data_identity
-    from sorsa_repro.provenance import git_state, package_versions
+def _generate_missing(
+    cfg: EvalConfig, benchmark: str, examples: list[dict], backend: _LazyBackend, path: Path
+):
+    """Reuse the predictions that still match, generate the rest chunk by chunk, rewriting the file after each.
+
+    Returns (rows in dataset order, number generated, generation seconds, generated tokens)."""
+    from sorsa_repro.data import build_prompt
 
     max_new = cfg.max_new_tokens_for(benchmark)
-    path = predictions_path(out_dir, benchmark)
     old = {} if cfg.overwrite else read_predictions(path)
     wanted = {ex["id"] for ex in examples}
     kept = [row for pid, row in old.items() if pid not in wanted]  # beyond this call's limit: never dropped
@@ -130,18 +126,34 @@ def _evaluate_benchmark(
             "%s: %d/%d generated, %.1f tokens/s", benchmark, start + len(idx), len(todo), gen_tokens / gen_s
         )
     write_predictions(path, rows, kept)  # also when nothing was generated: regraded rows, dropped stale ones
-    done = [r for r in rows if r is not None]
+    return rows, len(todo), gen_s, gen_tokens
+
+
+def _evaluate_benchmark(
+    cfg: EvalConfig,
+    benchmark: str,
+    examples: list[dict],
+    backend: _LazyBackend,
+    out_dir: Path,
+    model_name: str,
+) -> dict:
+    """Answer one benchmark and record its summary in result.json; returns that entry."""
+    from sorsa_repro.data import PROMPT_VERSION, data_identity
+    from sorsa_repro.provenance import git_state, package_versions
+
+    path = predictions_path(out_dir, benchmark)
+    rows, n_generated, gen_s, gen_tokens = _generate_missing(cfg, benchmark, examples, backend, path)
     summary = {
-        **benchmark_summary(benchmark, done),
+        **benchmark_summary(benchmark, rows),
         "limit": cfg.limit_for(benchmark),
-        "max_new_tokens": max_new,
+        "max_new_tokens": cfg.max_new_tokens_for(benchmark),
         "generation_protocol": cfg.generation,
         "stop": list(cfg.stop),
-        "backend": ",".join(sorted({r.get("backend", "?") for r in done})),
+        "backend": ",".join(sorted({r.get("backend", "?") for r in rows})),
         "dtype": cfg.dtype or default_dtype(),
         "prompt_version": PROMPT_VERSION,
         "model": model_name,
-        "n_generated": len(todo),
+        "n_generated": n_generated,
         "data": data_identity(benchmark, "test", cfg.limit_for(benchmark), cfg.data_dir, cfg.seed, examples),
         "provenance": {**git_state(), "packages": package_versions()},
     }
@@ -154,9 +166,9 @@ def _evaluate_benchmark(
         wall_time_s=total_s if total_s else None,
         generated_tokens=total_tokens,
         tokens_per_s=total_tokens / total_s if total_s else None,
-        load_time_s=backend.load_time_s if todo else before.get("load_time_s"),
+        load_time_s=backend.load_time_s if n_generated else before.get("load_time_s"),
     )
-    if todo and backend.name == "hf":
+    if n_generated and backend.name == "hf":
         summary["peak_gpu_memory_mb"] = _peak_gpu_memory_mb()
     update_result(out_dir, {"eval": {benchmark: summary}})
     return load_result(out_dir)["eval"][benchmark]
@@ -169,6 +181,39 @@ def _peak_gpu_memory_mb() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
 
+def _backend_name(cfg: EvalConfig, given_model: bool) -> str:
+    from sorsa_repro.models import TINY_MODEL
+
+    if given_model:
+        if cfg.backend == "vllm":
+            raise ValueError("an in-memory model can only be evaluated with backend=hf")
+        return "hf"
+    return "hf" if cfg.backend == "auto" and cfg.model == TINY_MODEL else resolve_backend(cfg.backend)
+
+
+def _model_name(cfg: EvalConfig, model) -> str:
+    """What was evaluated, in words that mean the same on another machine: the run's own export, or the
+    model as given."""
+    if cfg.adapter is not None:
+        return f"{cfg.model} + adapter {cfg.adapter}"
+    if model is not None:
+        return f"in-memory {type(model).__name__}" + (" (the run's merged model)" if cfg.run else "")
+    return MERGED_DIR if cfg.run is not None else cfg.model
+
+
+def _backend_factory(backend_name: str, cfg: EvalConfig, model_ref, model, tokenizer):
+    def factory():
+        if backend_name == "vllm":
+            from sorsa_repro.models import OFFLINE_MODEL, offline_model_path
+
+            ref = str(offline_model_path()) if model_ref == OFFLINE_MODEL else model_ref
+        else:
+            ref = model if model is not None else model_ref
+        return make_backend(backend_name, ref, tokenizer, **backend_options(cfg))
+
+    return factory
+
+
 def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
     """Run the configured evaluation in this process; returns ``{benchmark: result.json eval entry}``.
 
@@ -176,23 +221,15 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
     instead of loading one. With vllm the caller must sit under ``if __name__ == "__main__":``.
     """
     from sorsa_repro.data import load_eval_examples
-    from sorsa_repro.models import TINY_MODEL
     from sorsa_repro.provenance import provenance
 
     cfg = EvalConfig.from_mapping(cfg)
-    if model is not None:
-        if cfg.backend == "vllm":
-            raise ValueError("an in-memory model can only be evaluated with backend=hf")
-        backend_name = "hf"
-    else:
-        backend_name = (
-            "hf" if cfg.backend == "auto" and cfg.model == TINY_MODEL else resolve_backend(cfg.backend)
-        )
+    backend_name = _backend_name(cfg, model is not None)
     # what can fail without a model (a missing export, missing data) fails here and writes nothing
     model_ref, out_dir = resolve_target(cfg, backend_name, have_model=model is not None)
     examples = {b: load_eval_examples(b, cfg.limit_for(b), cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
-    given_model = model is not None
-    if cfg.adapter is not None and not given_model:
+    name = _model_name(cfg, model)
+    if cfg.adapter is not None and model is None:
         model, tokenizer = merged_with_adapter(model_ref, cfg.adapter, cfg.dtype)
         if backend_name == "vllm":  # vLLM reads a folder: the merged model goes to <out_dir>/merged/
             with atomic_dir(out_dir / MERGED_DIR) as tmp:
@@ -200,40 +237,22 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
                 tokenizer.save_pretrained(tmp)
             model_ref, model, tokenizer = str(out_dir / MERGED_DIR), None, None
     logger.info("evaluating %s with %s into %s", model_ref or "the given model", backend_name, out_dir)
-    run_folder = cfg.run is not None
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    run_folder = cfg.run is not None
     # a run folder: one process at a time, and the evaluation's own status recorded (never the training's)
     with (
         run_folder_lock(cfg.run) if run_folder else nullcontext(),
         stage(cfg.run, "evaluation") if run_folder else nullcontext(),
     ):
-
-        def factory():
-            if backend_name == "vllm":
-                from sorsa_repro.models import OFFLINE_MODEL, offline_model_path
-
-                ref = str(offline_model_path()) if model_ref == OFFLINE_MODEL else model_ref
-            else:
-                ref = model if model is not None else model_ref
-            return make_backend(backend_name, ref, tokenizer, **backend_options(cfg))
-
-        backend = _LazyBackend(backend_name, factory)
+        backend = _LazyBackend(backend_name, _backend_factory(backend_name, cfg, model_ref, model, tokenizer))
         try:
             if cfg.model is not None and "provenance" not in load_result(out_dir):
                 # a bare model's folder has no training provenance: say what was evaluated
                 update_result(
                     out_dir, {"provenance": {**provenance(), "model": cfg.model, "adapter": cfg.adapter}}
-                )
-            # names that mean the same on another machine: the run's own export, or the model as given
-            name = MERGED_DIR if run_folder else (cfg.model or f"in-memory {type(model).__name__}")
-            if cfg.adapter is not None:
-                name = f"{cfg.model} + adapter {cfg.adapter}"
-            elif given_model:
-                name = f"in-memory {type(model).__name__}" + (
-                    " (the run's merged model)" if run_folder else ""
                 )
             return {
                 b: _evaluate_benchmark(cfg, b, examples[b], backend, out_dir, name) for b in cfg.benchmarks
@@ -274,24 +293,6 @@ def _evaluate_in_subprocess(cfg: EvalConfig) -> None:
     if code != 0:
         why = load_result(cfg.run).get("evaluation", {}).get("error") or "see its log"
         raise RuntimeError(f"the evaluation process exited with code {code}: {why} (log: {log_dir})")
-
-
-def eval_config_for_training(run_dir, cfg) -> EvalConfig:
-    """The evaluation after training, as conf/train.yaml's ``evaluate`` section says: EvalConfig keys
-    (benchmarks, limit, backend, max_new_tokens, batch_size, ...); the model's dtype and the data folder
-    come from ``model`` and ``data``. Raises ValueError for options evaluation would reject."""
-    from omegaconf import DictConfig, OmegaConf
-
-    def plain(node):
-        return (
-            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-        )
-
-    section = plain(cfg["evaluate"])
-    model, data = plain(cfg.get("model")), plain(cfg.get("data"))
-    section.setdefault("dtype", model.get("dtype"))
-    section.setdefault("data_dir", data.get("data_dir"))
-    return EvalConfig.from_mapping(section, run=str(Path(run_dir).resolve()), model=None)
 
 
 def evaluate_after_training(run_dir, cfg) -> dict:
