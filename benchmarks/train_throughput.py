@@ -117,11 +117,11 @@ def train_steps(model, method: str, settings: dict, device: torch.device) -> tup
     for _ in range(steps * settings["accumulate"]):
         ids = torch.randint(3, model.config.vocab_size, shape, generator=gen)
         batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    from sorsa_repro.training.ortho import reference_coefficient
+    from sorsa_repro.training.optim import OptimSettings
+    from sorsa_repro.training.ortho import regularizer
 
-    gamma = 4e-4 if method == "sorsa" else 0.0
-    coef = reference_coefficient(gamma, 3e-5, 64)  # the paper's effective strength, 0.208
-    module = FineTuneModule(model, lr=2e-5, total_steps=steps, gamma=gamma, ortho_coef=coef)
+    reg = regularizer("reference", 4e-4, 3e-5, 64) if method == "sorsa" else None  # coefficient 0.208
+    module = FineTuneModule(model, optim=OptimSettings(2e-5), total_steps=steps, regularizer=reg)
     clock = step_clock(device)
     trainer = L.Trainer(
         accelerator=device.type if device.type == "cpu" else "gpu",

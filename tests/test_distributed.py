@@ -27,7 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sorsa_repro.training.module import ORTHO_MODES
+from sorsa_repro.training.ortho import ORTHO_MODES
 from sorsa_repro.training.task import run_training, validate_config
 
 REPO = Path(__file__).resolve().parents[1]

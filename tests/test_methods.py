@@ -32,7 +32,8 @@ from sorsa_repro.methods import (
     save_sorsa_lora,
     trainable_params_on_meta,
 )
-from sorsa_repro.methods.peft_methods import INITIAL_ADAPTER, lora_layers
+from sorsa_repro.methods.peft_io import INITIAL_ADAPTER
+from sorsa_repro.methods.peft_layers import lora_layers
 from sorsa_repro.methods.sorsa import SORSALinear, sorsa_layers, top_r_svd
 from sorsa_repro.models import OFFLINE_MODEL, cache_dir, tiny_llama_config
 
@@ -205,7 +206,7 @@ def test_milora_factors_are_the_minor_components(tiny_model_factory, alpha):
 def test_svfit_trains_only_the_singular_values_without_the_regularizer(tiny_model_factory, tiny_input_ids):
     """SVFit is SORSA's top-r split with U and V^T frozen: the same factors and residual as SORSA at init, a
     gradient only for S, and no orthonormal penalty (its vectors do not move)."""
-    from sorsa_repro.methods.sorsa import regularized_layers
+    from sorsa_repro.methods.sorsa_penalty import regularized_layers
 
     svfit = apply_method(tiny_model_factory(), {"name": "svfit", "rank": RANK})
     sorsa = apply_method(tiny_model_factory(), {"name": "sorsa", "rank": RANK})
@@ -604,7 +605,7 @@ def test_penalty_matches_hand_computed_formula():
 
 
 def test_batched_penalty_and_gradient_equal_the_per_matrix_formula():
-    from sorsa_repro.methods.sorsa import penalty_and_grads, sorsa_factors
+    from sorsa_repro.methods.sorsa_penalty import penalty_and_grads, sorsa_factors
 
     shapes = [
         (48, 40, 8),
@@ -642,7 +643,7 @@ def test_penalty_of_a_7b_model_takes_a_few_dozen_kernels():
     (a graph per matrix took ~7,000). Counted on the meta device: shapes only, no memory."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from sorsa_repro.methods.sorsa import penalty_and_grads, sorsa_factors
+    from sorsa_repro.methods.sorsa_penalty import penalty_and_grads, sorsa_factors
 
     class CountOps(TorchDispatchMode):
         def __init__(self):

@@ -25,7 +25,8 @@ from sorsa_repro.methods import (
     find_targets,
     load_adapter,
     merge_model,
-    peft_methods,
+    peft_inits,
+    peft_layers,
     save_adapter,
     trainable_params_on_meta,
 )
@@ -65,8 +66,8 @@ def forbid_data_pass(monkeypatch) -> None:
     def forbidden(*args, **kwargs):
         raise AssertionError("a data pass ran")
 
-    monkeypatch.setattr(peft_methods, "_eva_init", forbidden)
-    monkeypatch.setattr(peft_methods, "_run_one_by_one", forbidden)
+    monkeypatch.setattr(peft_inits, "eva_init", forbidden)
+    monkeypatch.setattr(peft_inits, "run_one_by_one", forbidden)
 
 
 # ---------------------------------------------------------------- the methods
@@ -92,7 +93,7 @@ def test_merged_equals_unmerged_and_effective_weights_are_the_merged_ones(
     dense = dict(effective_weights(model))
     assert sorted(dense) == sorted(find_targets(tiny_model_factory(), DEFAULT_TARGETS))
     merged = merge_model(model)
-    assert not isinstance(merged, PeftModel) and not peft_methods.peft_layers(merged)
+    assert not isinstance(merged, PeftModel) and not peft_layers.peft_layers(merged)
     assert rel_err(logits(merged, tiny_input_ids), unmerged) <= 1e-5
     for name, weight in dense.items():  # what the spectral analysis reads is what the merged model applies
         assert rel_err(weight, merged.get_submodule(name).weight) <= 1e-6
@@ -102,12 +103,12 @@ def test_data_methods_are_driven_by_their_data(tiny_model_factory):
     """EVA's A and CorDA's factors depend on the batches; MiCA's B are the minor left singular vectors."""
     for method in ("eva", "corda"):
         cfg = {"name": method, "rank": RANK, "init_examples": 4}
-        one = peft_methods.lora_layers(apply_method(tiny_model_factory(), cfg, _batches(7)))
-        two = peft_methods.lora_layers(apply_method(tiny_model_factory(), cfg, _batches(8)))
+        one = peft_layers.lora_layers(apply_method(tiny_model_factory(), cfg, _batches(7)))
+        two = peft_layers.lora_layers(apply_method(tiny_model_factory(), cfg, _batches(8)))
         name = next(iter(one))
         assert not torch.equal(one[name].lora_A["default"].weight, two[name].lora_A["default"].weight)
     model = apply_method(tiny_model_factory(), {"name": "mica", "rank": RANK})
-    for layer in peft_methods.lora_layers(model).values():
+    for layer in peft_layers.lora_layers(model).values():
         u = torch.linalg.svd(layer.get_base_layer().weight.detach(), full_matrices=False)[0]
         b = layer.lora_B["default"].weight.detach()
         # the same subspace as the last r left singular vectors (signs and rotation within it aside)
@@ -252,7 +253,7 @@ def test_bad_input_changes_nothing(tiny_model_factory, monkeypatch, method, extr
     cfg = {"name": method, "rank": RANK, **({"init_examples": 4} if method in DATA else {}), **extra}
     with pytest.raises(ValueError, match=message):
         apply_method(model, cfg)
-    assert svd_calls == [] and not peft_methods.peft_layers(model)
+    assert svd_calls == [] and not peft_layers.peft_layers(model)
     assert all(p.requires_grad for p in model.parameters())
 
 

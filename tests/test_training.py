@@ -15,10 +15,12 @@ from transformers import AutoModelForCausalLM
 
 from sorsa_repro.methods import METHODS as ALL_METHODS
 from sorsa_repro.methods import apply_method
-from sorsa_repro.methods.sorsa import orthonormal_penalty, sorsa_layers
+from sorsa_repro.methods.sorsa import sorsa_layers
+from sorsa_repro.methods.sorsa_penalty import orthonormal_penalty
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.module import FineTuneModule
-from sorsa_repro.training.ortho import reference_coefficient
+from sorsa_repro.training.optim import OptimSettings
+from sorsa_repro.training.ortho import regularizer
 from sorsa_repro.training.task import optimizer_steps, run_training
 from tests.conftest import train_killed_after_step
 
@@ -157,7 +159,7 @@ def test_full_fine_tuning_moves_every_weight_under_the_reference_precision(tiny_
         before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("proj.weight")}
         ids = torch.randint(3, 400, (4, 24), generator=torch.Generator().manual_seed(0))
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-        module = FineTuneModule(model, lr=2e-5, total_steps=10, warmup_ratio=0.0)
+        module = FineTuneModule(model, optim=OptimSettings(2e-5), total_steps=10)
         L.Trainer(max_steps=3, precision=precision, logger=False, enable_checkpointing=False,
                   enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                   ).fit(module, torch.utils.data.DataLoader([batch] * 3, batch_size=None))  # fmt: skip
@@ -210,8 +212,8 @@ def _fixed_batch_losses(model, steps=20, lr=1e-2):
     ids = torch.randint(3, 400, (4, 24), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     loader = torch.utils.data.DataLoader([batch] * steps, batch_size=None)
-    coef = reference_coefficient(4e-4, lr, 1)
-    module = FineTuneModule(model, lr=lr, total_steps=steps, gamma=4e-4, ortho_coef=coef, warmup_ratio=0.0)
+    reg = regularizer("reference", 4e-4, lr, 1)
+    module = FineTuneModule(model, optim=OptimSettings(lr), total_steps=steps, regularizer=reg)
     L.Trainer(
         max_steps=steps,
         logger=False,
@@ -242,15 +244,8 @@ def _sorsa_module(tiny_model_factory, mode, gamma=4e-4, lr=3e-5, k=4, clip=1.0):
         for layer in sorsa_layers(model).values():
             layer.sorsa_U.add_(0.05 * torch.randn_like(layer.sorsa_U))
             layer.sorsa_Vt.add_(0.05 * torch.randn_like(layer.sorsa_Vt))
-    module = FineTuneModule(
-        model,
-        lr=lr,
-        total_steps=10,
-        gamma=gamma,
-        ortho_mode=mode,
-        ortho_coef=reference_coefficient(gamma, lr, k),
-        grad_clip=clip,
-    )
+    reg = regularizer(mode, gamma, lr, k)
+    module = FineTuneModule(model, optim=OptimSettings(lr, grad_clip=clip), total_steps=10, regularizer=reg)
     return model, module
 
 
@@ -289,7 +284,7 @@ def test_decoupled_mode_is_an_sgd_step_on_the_penalty(tiny_model_factory):
     assert any(p.dim() == 1 for p in params)  # sorsa_S takes no penalty step
     before = [p.detach().clone() for p in params]
     penalty = _penalty_grad(model, params)
-    module.decoupled_penalty_step()
+    module.regularizer.after_step(module)
     for p, b, g in zip(params, before, penalty, strict=True):
         torch.testing.assert_close(p.detach(), b - gamma * g)
 
@@ -306,8 +301,10 @@ def test_loss_mode_adds_gamma_times_penalty_to_the_loss(tiny_model_factory):
 
 def test_reference_and_loss_modes_leave_non_sorsa_methods_alone(tiny_model_factory):
     model = apply_method(tiny_model_factory(), {"name": "lora", "rank": 4})
-    module = FineTuneModule(model, lr=1e-3, total_steps=1, gamma=4e-4)
-    assert not module.has_regularized_layers
+    module = FineTuneModule(
+        model, optim=OptimSettings(1e-3), total_steps=1, regularizer=regularizer("loss", 4e-4)
+    )
+    assert not module.has_regularized_layers and not module.regularizer.mode
 
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def resolve_target(cfg: EvalConfig, backend: str, have_model: bool = False) -> t
 
 
 def check_adapter(path: Path) -> None:
-    from sorsa_repro.methods.sorsa import ADAPTER_CONFIG
+    from sorsa_repro.methods.sorsa_io import ADAPTER_CONFIG
 
     if not any((path / name).is_file() for name in ("adapter_config.json", ADAPTER_CONFIG)):
         raise FileNotFoundError(

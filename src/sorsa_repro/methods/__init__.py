@@ -6,8 +6,8 @@ before any SVD runs.
 
 Saved adapters (``save_adapter``): LoRA, DoRA, PiSSA, OLoRA and MiLoRA as standard peft adapters that
 ``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA/MiLoRA converted to a rank-2r LoRA:
-``peft_methods``); SORSA and SVFit in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
-change as a rank-2r peft LoRA adapter (``sorsa``). ``load_adapter`` restores any of them as trained.
+``peft_io``); SORSA and SVFit in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
+change as a rank-2r peft LoRA adapter (``sorsa_io``). ``load_adapter`` restores any of them as trained.
 Every config records the base model as its hub id or the name the user gave (``base_model_id``).
 """
 
@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sorsa_repro.methods import peft_methods, sorsa
+from sorsa_repro.methods import peft_inits, peft_io, peft_layers, peft_methods, sorsa, sorsa_io
 from sorsa_repro.methods.config import DATA_METHODS, DEFAULT_TARGETS, METHODS, MethodConfig
 from sorsa_repro.methods.full import apply_full
-from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa, orthonormal_penalty
+from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa
+from sorsa_repro.methods.sorsa_penalty import orthonormal_penalty
 
 __all__ = [
     "DATA_METHODS",
@@ -142,7 +143,7 @@ def apply_method(
         )
         model = peft_methods.apply_peft(model, config, batches, initial_adapter)
         if cfg.name == "milora":  # built as plain LoRA (init True); now the minor factors and the residual
-            model = peft_methods.init_milora(model)
+            model = peft_inits.init_milora(model)
     model.method_config = cfg
     return model
 
@@ -156,7 +157,7 @@ def cast_residuals(model: nn.Module, dtype: torch.dtype) -> int:
     for module in model.modules():
         if isinstance(module, SORSALinear):
             weight = module.weight
-        elif isinstance(module, peft_methods.LoraLayer):
+        elif isinstance(module, peft_layers.LoraLayer):
             weight = module.get_base_layer().weight
         else:
             continue
@@ -188,14 +189,14 @@ def trainable_params_on_meta(model_config, cfg: Mapping | MethodConfig) -> tuple
     if cfg.name == "full":
         return count_parameters(apply_full(model))
     # per target: r * (in + out) (LoRA and its inits), + r singular values (SORSA), + out (DoRA); r * in (MiCA,
-    # its B is frozen), r * out (MiSS): peft_methods.added_parameters
+    # its B is frozen), r * out (MiSS): peft_layers.added_parameters
     for param in model.parameters():
         param.requires_grad_(False)
     if cfg.name in ("sorsa", "svfit"):  # SVFit: only the r singular values per target
         sorsa.apply_sorsa(model, targets, cfg.rank, train_vectors=cfg.name == "sorsa")
         return count_parameters(model)
     added = [
-        peft_methods.added_parameters(cfg.name, cfg.rank, *model.get_submodule(n).weight.shape)
+        peft_layers.added_parameters(cfg.name, cfg.rank, *model.get_submodule(n).weight.shape)
         for n in targets
     ]
     return sum(t for t, _ in added), count_parameters(model)[1] + sum(a for _, a in added)
@@ -214,8 +215,8 @@ def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         clean = name.removeprefix("base_model.model.")
         if isinstance(module, SORSALinear):
             yield clean, module.effective_weight()
-        elif isinstance(module, (peft_methods.LoraLayer, peft_methods.MissLayer)):
-            yield clean, peft_methods.dense_weight(module)
+        elif isinstance(module, (peft_layers.LoraLayer, peft_layers.MissLayer)):
+            yield clean, peft_layers.dense_weight(module)
         elif name in full_targets:
             yield clean, module.weight.detach().float()
 
@@ -246,23 +247,25 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | No
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        peft_methods.save_peft_adapter(model, path, _base_name(model, base_model))
+        peft_io.save_peft_adapter(model, path, _base_name(model, base_model))
     elif sorsa.sorsa_layers(model):
-        sorsa.save_sorsa_adapter(model, path, _base_name(model, base_model))
+        sorsa_io.save_sorsa_adapter(model, path, _base_name(model, base_model))
     else:
         raise ValueError("save_adapter: the model has no adapter (full fine-tuning saves the merged model)")
 
 
 def save_sorsa_lora(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
     """SORSA's weight change as a standard peft LoRA adapter of rank 2r (for plain peft and vLLM)."""
-    sorsa.save_sorsa_as_lora(model, path, _base_name(model, base_model))
+    sorsa_io.save_sorsa_as_lora(model, path, _base_name(model, base_model))
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Attach an adapter saved by ``save_adapter`` to a freshly loaded base model."""
     path = Path(path)
-    if (path / sorsa.ADAPTER_CONFIG).exists():
-        return sorsa.load_sorsa_adapter(model, path)
+    if (path / sorsa_io.ADAPTER_CONFIG).exists():
+        return sorsa_io.load_sorsa_adapter(model, path)
     if (path / "adapter_config.json").exists():
-        return peft_methods.load_peft_adapter(model, path)
-    raise FileNotFoundError(f"no adapter in {path} (expected {sorsa.ADAPTER_CONFIG} or adapter_config.json)")
+        return peft_io.load_peft_adapter(model, path)
+    raise FileNotFoundError(
+        f"no adapter in {path} (expected {sorsa_io.ADAPTER_CONFIG} or adapter_config.json)"
+    )

@@ -23,16 +23,6 @@ METHODS = (
 )
 DATA_METHODS = ("eva", "corda")  # initialised from activations of training data (``init_examples`` of them)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# keys a Hydra method config carries for the trainer, not for building the model
-TRAINING_KEYS = {
-    "lr",
-    "gamma",
-    "ortho_mode",
-    "ortho_accumulation",
-    "ortho_coef",
-    "residual_dtype",
-    "config_sha256",  # method=peft: the adapter config file's content, for the run's identity only
-}
 # settings users look for under method. that live elsewhere (a method key would be silently ignored)
 SET_ELSEWHERE = {"weight_decay": "train.weight_decay", "batch_size": "train.batch_size", "seed": "seed"}
 
@@ -59,6 +49,16 @@ class MethodConfig:
     adapter_dtype: str = field(default="float32", metadata={"help": "dtype of SORSA's factors"})
     config: str | None = field(
         default=None, metadata={"help": "method=peft: a peft adapter_config.json (or its folder)"}
+    )
+    residual_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "train.precision=reference: dtype of the frozen residual W_res (SORSA, PiSSA: bfloat16)"
+        },
+    )
+    config_sha256: str | None = field(
+        default=None,
+        metadata={"help": "method=peft: the adapter config file's content (the run's identity only)"},
     )
     init_examples: int = field(
         default=0,
@@ -113,7 +113,7 @@ class MethodConfig:
             return cfg
         cfg = dict(cfg)
         known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known - TRAINING_KEYS
+        unknown = set(cfg) - known
         if unknown:
             hints = "".join(
                 f"; set {key} as {SET_ELSEWHERE[key]}" for key in sorted(unknown & set(SET_ELSEWHERE))

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from sorsa_repro.data.tokenize import IGNORE_INDEX
-from sorsa_repro.methods.sorsa import (
+from sorsa_repro.methods.sorsa_penalty import (
     orthonormal_penalty,
     penalty_and_grads,
     regularized_layers,
     sorsa_factors,
 )
 from sorsa_repro.training.distributed import clean_name, fsdp_root
+from sorsa_repro.training.optim import OptimSettings, build_optimizer
+from sorsa_repro.training.ortho import Regularizer
+from sorsa_repro.training.sharded_penalty import sharded_penalty_and_grads
 
-ORTHO_MODES = ("reference", "decoupled", "loss")
 METRIC_COLUMNS = ("step", "loss", "ortho_penalty", "lr", "grad_norm", "tokens_per_s")
 
 
@@ -29,39 +30,29 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FineTuneModule(L.LightningModule):
-    """Wraps an adapted model (``self.model``).
+    """Wraps an adapted model (``self.model``), trained with ``optim`` (AdamW, cosine schedule).
 
-    The orthonormal regularizer of SORSA enters in one of three modes (DESIGN.md section 2):
-    ``reference``: after clipping, add ``ortho_coef`` x dL_orth to the factors' gradients, as the reference
-    trainer does (``ortho_coef`` = gamma / (base lr x 64), see ``sorsa_repro.training.ortho``);
-    ``decoupled``: a separate SGD step of size gamma on L_orth after the optimizer step;
-    ``loss``: gamma * L_orth added to the training loss.
+    SORSA's orthonormal regularizer (``regularizer``, one of the modes in ``sorsa_repro.training.ortho``)
+    acts through its hooks: on each micro-batch's loss, before and after gradient clipping, and after the
+    optimizer step. Layers whose singular vectors do not train (SVFit) take no regularizer.
     """
 
     def __init__(
         self,
         model,
         *,
-        lr: float,
+        optim: OptimSettings,
         total_steps: int,
-        gamma: float = 0.0,
-        ortho_mode: str = "reference",
-        ortho_coef: float = 0.0,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        grad_clip: float | None = 1.0,
+        regularizer: Regularizer | None = None,
         metrics_path: str | Path | None = None,
     ):
         super().__init__()
-        if ortho_mode not in ORTHO_MODES:
-            raise ValueError(f"unknown ortho_mode {ortho_mode!r}; use one of {ORTHO_MODES}")
         self.model = model.train()
-        self.lr, self.total_steps = lr, total_steps
-        self.gamma, self.ortho_mode, self.ortho_coef = gamma, ortho_mode, ortho_coef
-        self.weight_decay, self.warmup_ratio, self.grad_clip = weight_decay, warmup_ratio, grad_clip
+        self.optim, self.total_steps = optim, total_steps
         self.metrics_path = Path(metrics_path) if metrics_path else None
         # SORSA layers whose vectors train get the regularizer (SVFit freezes them: nothing to regularize or log)
         self.has_regularized_layers = bool(regularized_layers(model))
+        self.regularizer = (regularizer if self.has_regularized_layers else None) or Regularizer(0.0)
         self.strict_loading = False  # checkpoints hold only the trainable parameters
         self.last_metrics: dict = {"step": 0}
         self._step_penalty = None  # L_orth computed during this optimizer step (logged, not recomputed)
@@ -83,16 +74,7 @@ class FineTuneModule(L.LightningModule):
         self._window["loss"] = self._window["loss"] + loss.detach()  # on the device; read once per step
         self._window["n"] += 1
         self._window["tokens"] += int(batch["attention_mask"].sum()) if n_tokens is None else n_tokens
-        if (
-            self.has_regularized_layers
-            and self.ortho_mode == "loss"
-            and self.gamma
-            and self._fsdp_root() is None
-        ):
-            penalty = orthonormal_penalty(self.model)
-            self._step_penalty = penalty.detach()
-            loss = loss + self.gamma * penalty
-        return loss
+        return self.regularizer.loss(self, loss)
 
     def _check_finite_loss(self) -> None:
         """Before the optimizer step: a non-finite loss in any micro-batch of the window stops training, so
@@ -106,23 +88,17 @@ class FineTuneModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         self._check_finite_loss()
-        max_norm = self.grad_clip if self.grad_clip else math.inf
-        if (
-            self.has_regularized_layers
-            and self.ortho_mode == "loss"
-            and self.gamma
-            and self._fsdp_root() is not None
-        ):
-            # FSDP: the factors are sharded outside forward, so training_step cannot add gamma * L_orth to the
-            # loss; its gradient enters here instead, before clipping, as the loss would have put it there
-            params, grads = self._penalty_grads()
-            torch._foreach_add_([p.grad for p in params], grads, alpha=self.gamma)
-        self._window["grad_norm"] = float(self._clip_grad_norm(max_norm))
+        self.regularizer.before_clip(self)
+        self._window["grad_norm"] = float(self._clip_grad_norm(self.optim.grad_clip or math.inf))
         self._window["lr"] = optimizer.param_groups[0]["lr"]
-        if self.has_regularized_layers and self.ortho_mode == "reference" and self.ortho_coef:
-            self.add_reference_penalty_grad()
+        self.regularizer.after_clip(self)
 
-    def _fsdp_root(self):
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.regularizer.after_step(self)
+        self._record_step()
+
+    def fsdp_root(self):
         return fsdp_root(self._trainer)
 
     def _clip_grad_norm(self, max_norm: float) -> torch.Tensor:
@@ -131,34 +107,24 @@ class FineTuneModule(L.LightningModule):
         Under DDP every rank holds the all-reduced gradients, so the local norm is the global one. Under
         FSDP each rank holds a shard: FSDP's own clip_grad_norm_ reduces the norm over the shards.
         """
-        root = self._fsdp_root()
+        root = self.fsdp_root()
         if root is not None:
             return root.clip_grad_norm_(max_norm)
         return torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm)
 
-    def add_reference_penalty_grad(self):
-        """grad += ortho_coef * dL_orth: unclipped, then through AdamW with the task gradient."""
-        params, grads = self._penalty_grads()
-        torch._foreach_add_([p.grad for p in params], grads, alpha=self.ortho_coef)
+    # ---- the penalty, for the regularizer's hooks: computed once per step, the value logged ----
+    def penalty(self) -> torch.Tensor:
+        """L_orth of the current factors, differentiable (the loss mode adds it to the loss)."""
+        penalty = orthonormal_penalty(self.model)
+        self._step_penalty = penalty.detach()
+        return penalty
 
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if self.has_regularized_layers and self.ortho_mode == "decoupled" and self.gamma:
-            self.decoupled_penalty_step()
-        self._record_step()
-
-    @torch.no_grad()
-    def decoupled_penalty_step(self):
-        """W <- W - gamma * dL_orth/dW after the optimizer step (the paper's equation, constant gamma)."""
-        params, grads = self._penalty_grads()
-        torch._foreach_add_(params, grads, alpha=-self.gamma)
-
-    def _penalty_grads(self):
+    def penalty_grads(self):
         """(factors, dL_orth/dfactor) in one batched pass (``penalty_and_grads``), whose L_orth is the value
         this step logs. Every rank gets the same values, so DDP ranks stay in sync."""
-        root = self._fsdp_root()
+        root = self.fsdp_root()
         if root is not None:
-            value, params, grads = self._sharded_penalty(root)
+            value, params, grads = sharded_penalty_and_grads(self.model, root, self.device)
         else:
             params, transposed = sorsa_factors(self.model)
             value, grads = penalty_and_grads(params, transposed)
@@ -171,67 +137,17 @@ class FineTuneModule(L.LightningModule):
         if self._step_penalty is not None:
             value, self._step_penalty = float(self._step_penalty), None
             return value
-        root = self._fsdp_root()
+        root = self.fsdp_root()
         if root is not None:
-            return float(self._sharded_penalty(root)[0])
+            return float(sharded_penalty_and_grads(self.model, root, self.device)[0])
         with torch.no_grad():
             return float(orthonormal_penalty(self.model))
-
-    @torch.no_grad()
-    def _sharded_penalty(self, root):
-        """L_orth and its gradient for this rank's shards, under FSDP with ``use_orig_params=True``.
-
-        There each factor is a 1-D view of this rank's piece of the flattened factor, and the pieces of the
-        ranks of the shard group, in rank order, make up the whole. The penalty needs whole factors (U^T U
-        sums over all rows): every factor is gathered, the penalty and its gradient computed on the whole
-        factors by ``penalty_and_grads`` (the same code as without FSDP), and this rank keeps its slice of
-        each gradient. Memory: the adapters once more, whole. Returns (penalty, local factors, gradients).
-        """
-        import torch.distributed as dist
-
-        group = root.process_group
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        layers = list(regularized_layers(self.model).values())
-        factors = [f for layer in layers for f in self._factors(layer)]
-        local = torch.tensor([p.numel() for p, _, _ in factors], device=self.device)
-        sizes = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(sizes, local, group=group)
-        sizes = torch.stack(sizes).tolist()  # [rank][factor]
-        fulls = []
-        for i, (param, shape, _) in enumerate(factors):
-            counts = [sizes[r][i] for r in range(world)]
-            piece = param.detach().reshape(-1).new_zeros(max(counts))
-            piece[: counts[rank]] = param.detach().reshape(-1)
-            pieces = [torch.empty_like(piece) for _ in range(world)]
-            dist.all_gather(pieces, piece, group=group)
-            fulls.append(torch.cat([p[:n] for p, n in zip(pieces, counts, strict=True)]).view(shape))
-        value, full_grads = penalty_and_grads(fulls, [t for _, _, t in factors])
-        params, grads = [], []
-        for i, ((param, _, _), grad) in enumerate(zip(factors, full_grads, strict=True)):
-            if sizes[rank][i]:
-                start = sum(sizes[r][i] for r in range(rank))
-                params.append(param)
-                grads.append(grad.reshape(-1)[start : start + sizes[rank][i]].to(param.dtype))
-        return value, params, grads
-
-    @staticmethod
-    def _factors(layer):
-        """(parameter, full shape, whether the term uses its transpose) for U and Vt of a SORSA layer."""
-        return [
-            (layer.sorsa_U, (layer.out_features, layer.rank), False),
-            (layer.sorsa_Vt, (layer.rank, layer.in_features), True),
-        ]
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
-        params = self.trainable_parameters()
-        fused = all(p.is_cuda for p in params)  # one kernel for all parameters on GPUs; CPU keeps foreach
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
-        warmup = math.ceil(self.warmup_ratio * self.total_steps)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return build_optimizer(self.trainable_parameters(), self.optim, self.total_steps)
 
     # ---- per optimizer step metrics ----
     def _reset_window(self):

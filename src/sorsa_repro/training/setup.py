@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sorsa_repro.methods import MethodConfig, apply_method, cast_residuals, count_parameters
 from sorsa_repro.training.distributed import build_strategy, is_global_zero
-from sorsa_repro.training.ortho import reference_coefficient
+from sorsa_repro.training.optim import optim_settings
+from sorsa_repro.training.ortho import regularizer_from_method
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,8 @@ def build_model(
     else:
         model = apply_method(model, method)
     method_s = time.perf_counter() - method_started
-    residual_dtype = cfg.method.get("residual_dtype")
-    if cfg.train.precision == "reference" and residual_dtype:
-        cast_residuals(model, resolve_dtype(residual_dtype))
+    if cfg.train.precision == "reference" and method.residual_dtype:
+        cast_residuals(model, resolve_dtype(method.residual_dtype))
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.get("compile"):
@@ -71,17 +71,11 @@ def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path):
     """The Lightning module that trains ``model`` with the method's learning rate and regularizer."""
     from sorsa_repro.training.module import FineTuneModule
 
-    ortho = ortho_settings(cfg)
     return FineTuneModule(
         model,
-        lr=learning_rate(cfg),
+        optim=optim_settings(cfg),
         total_steps=total_steps,
-        gamma=ortho.get("gamma", 0.0),
-        ortho_mode=ortho.get("mode", "reference"),
-        ortho_coef=ortho.get("coefficient", 0.0),
-        weight_decay=cfg.train.weight_decay,
-        warmup_ratio=cfg.train.warmup_ratio,
-        grad_clip=cfg.train.grad_clip,
+        regularizer=regularizer_from_method(OmegaConf.to_container(cfg.method, resolve=True)),
         metrics_path=run_dir / "metrics.csv",
     )
 
@@ -107,21 +101,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, total_steps: int, precision, p
         limit_val_batches=0,
         enable_model_summary=False,
     )
-
-
-def learning_rate(cfg: DictConfig) -> float:
-    return float(cfg.method.lr) * cfg.train.lr_multiplier
-
-
-def ortho_settings(cfg: DictConfig) -> dict:
-    """SORSA's regularizer as this run applies it (empty for other methods): mode, gamma, and the
-    coefficient of the reference mode (``sorsa_repro.training.ortho``)."""
-    if cfg.method.name != "sorsa":
-        return {}
-    mode = cfg.method.get("ortho_mode", "reference")
-    gamma = float(cfg.method.get("gamma", 0.0) or 0.0)
-    coef = reference_coefficient(gamma, float(cfg.method.lr), int(cfg.method.get("ortho_accumulation", 64)))
-    return {"mode": mode, "gamma": gamma, "coefficient": coef if mode == "reference" else None}
 
 
 def init_device(cfg: DictConfig) -> str:

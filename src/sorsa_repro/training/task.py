@@ -17,7 +17,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sorsa_repro.methods import MethodConfig, merge_model, save_adapter, save_sorsa_lora
-from sorsa_repro.methods.config import TRAINING_KEYS
 from sorsa_repro.results import (
     atomic_dir,
     atomic_write_text,
@@ -37,8 +36,6 @@ from sorsa_repro.training.setup import (
     build_model,
     build_module,
     build_trainer,
-    learning_rate,
-    ortho_settings,
     without_hydra,
 )
 from sorsa_repro.training.validate import (
@@ -188,8 +185,8 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
             "trainable_params": trainable,
             "total_params": total,
             "init_time_s": round(init_s, 2),
-            "lr": learning_rate(cfg),
-            "ortho": ortho_settings(cfg) or None,
+            "lr": module.optim.lr,
+            "ortho": module.regularizer.record() if module.regularizer.mode else None,
         }
         if batches is not None:  # the data pass of EVA/CorDA: what it read and what it cost (in init_time_s)
             passes = getattr(model, "eva_forward_passes", None)
@@ -251,7 +248,6 @@ def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
 
 
 __all__ = [
-    "TRAINING_KEYS",
     "PreparedRun",
     "config_hash",
     "optimizer_steps",

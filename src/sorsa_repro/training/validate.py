@@ -18,7 +18,15 @@ from sorsa_repro.results import load_result
 from sorsa_repro.training.distributed import build_strategy
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.known_keys import check_known_keys
+from sorsa_repro.training.optim import OPTIM_KEYS, OptimSettings, optim_settings
+from sorsa_repro.training.ortho import (
+    REGULARIZED_METHODS,
+    REGULARIZER_KEYS,
+    Regularizer,
+    regularizer_from_method,
+)
 
+TRAINING_KEYS = (*OPTIM_KEYS, *REGULARIZER_KEYS)  # the method section's keys training reads, not the method
 PRECISIONS = {  # train.precision -> (dtype the model is loaded in, Lightning precision)
     "fp32": ("float32", "32-true"),
     "bf16-mixed": ("float32", "bf16-mixed"),
@@ -34,7 +42,28 @@ PRECISIONS = {  # train.precision -> (dtype the model is loaded in, Lightning pr
 
 
 def method_config(cfg: DictConfig) -> MethodConfig:
-    return MethodConfig.from_mapping(OmegaConf.to_container(cfg.method, resolve=True))
+    """What builds the adapted model; the section's optimiser and regularizer keys are training's (below)."""
+    section = OmegaConf.to_container(cfg.method, resolve=True)
+    return MethodConfig.from_mapping({k: v for k, v in section.items() if k not in TRAINING_KEYS})
+
+
+def training_settings(cfg: DictConfig) -> tuple[OptimSettings, Regularizer | None]:
+    """The optimiser's settings and SORSA's regularizer, validated (a ValueError says what to change)."""
+    optim = optim_settings(cfg)
+    section = OmegaConf.to_container(cfg.method, resolve=True)
+    given = sorted(k for k in REGULARIZER_KEYS if section.get(k))
+    if section["name"] not in REGULARIZED_METHODS and given:  # they would be silently ignored
+        why = (
+            "SVFit's singular vectors are frozen, so the orthonormal regularizer has nothing to act on"
+            if section["name"] == "svfit"
+            else "only SORSA has the orthonormal regularizer"
+        )
+        raise ValueError(
+            f"method={section['name']} with "
+            + ", ".join(f"method.{k}={section[k]}" for k in given)
+            + f": {why}; leave them unset (method=sorsa trains the singular vectors with it)"
+        )
+    return optim, regularizer_from_method(section)
 
 
 def validate_config(cfg: DictConfig) -> MethodConfig:
@@ -61,15 +90,7 @@ def validate_config(cfg: DictConfig) -> MethodConfig:
 def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
     if cfg.train.precision not in PRECISIONS:
         raise ValueError(f"train.precision={cfg.train.precision!r}; use one of {list(PRECISIONS)}")
-    from sorsa_repro.training.module import ORTHO_MODES
-
-    if method.name == "sorsa" and cfg.method.get("ortho_mode", "reference") not in ORTHO_MODES:
-        raise ValueError(f"method.ortho_mode={cfg.method.ortho_mode!r}; use one of {ORTHO_MODES}")
-    if method.name == "svfit" and float(cfg.method.get("gamma", 0.0) or 0.0):  # it would be silently ignored
-        raise ValueError(
-            f"method=svfit with method.gamma={cfg.method.gamma}: SVFit's singular vectors are frozen, so the "
-            "orthonormal regularizer has nothing to act on; leave gamma unset (method=sorsa trains them)"
-        )
+    training_settings(cfg)
     for key in ("batch_size", "accumulate", "epochs"):
         if cfg.train[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {cfg.train[key]}")
@@ -83,12 +104,6 @@ def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
         )
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise ValueError(f"train.max_steps must be >= 1 or null, got {cfg.train.max_steps}")
-    if float(cfg.method.lr) <= 0 or cfg.train.lr_multiplier <= 0:
-        raise ValueError(
-            f"method.lr and train.lr_multiplier must be > 0, got {cfg.method.lr} and {cfg.train.lr_multiplier}"
-        )
-    if float(cfg.method.get("gamma", 0.0) or 0.0) < 0:
-        raise ValueError(f"method.gamma must be >= 0, got {cfg.method.gamma}")
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -139,7 +154,7 @@ def check_evaluation(cfg: DictConfig) -> None:
         return
     from sorsa_repro.data import check_eval_data
     from sorsa_repro.evaluation.backends import resolve_backend
-    from sorsa_repro.evaluation.run import eval_config_for_training
+    from sorsa_repro.evaluation.config import eval_config_for_training
 
     eval_cfg = eval_config_for_training(cfg.run_dir, cfg)
     resolve_backend(eval_cfg.backend)
