@@ -189,6 +189,45 @@ def test_svfit_rejects_a_regularizer_it_could_not_apply():
         validate_config(cfg)
 
 
+@pytest.mark.parametrize("key", ["+method.gamma=4e-4", "+method.ortho_mode=loss"])
+def test_a_regularizer_setting_on_a_method_without_one_is_refused(key):
+    """It used to ride through MethodConfig's escape hatch and be ignored: LoRA has no orthonormal regularizer."""
+    from sorsa_repro.training.validate import validate_config
+
+    cfg = compose_train("experiment=mini", "method=lora", "model=tiny_random", key)
+    with pytest.raises(
+        ValueError, match="method=lora with method.* only SORSA has the orthonormal regularizer"
+    ):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr": 0.0}, "learning rate must be > 0"),
+        ({"lr": 1e-5, "weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"lr": 1e-5, "warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
+        ({"lr": 1e-5, "grad_clip": -1.0}, "grad_clip must be >= 0"),
+    ],
+)
+def test_optimiser_settings_are_validated(settings, message):
+    with pytest.raises(ValueError, match=message):
+        OptimSettings(**settings)
+
+
+def test_regularizer_modes_record_what_result_json_holds():
+    assert regularizer("reference", 4e-4, 3e-5, 64).record() == {
+        "mode": "reference",
+        "gamma": 4e-4,
+        "coefficient": pytest.approx(0.208333, rel=1e-5),
+    }
+    assert regularizer("decoupled", 0.1).record() == {"mode": "decoupled", "gamma": 0.1, "coefficient": None}
+    with pytest.raises(ValueError, match="method.ortho_mode='bogus'"):
+        regularizer("bogus", 0.1)
+    with pytest.raises(ValueError, match="method.gamma must be >= 0"):
+        regularizer("loss", -1.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_and_exports(tmp_path, method):
