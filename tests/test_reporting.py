@@ -227,6 +227,15 @@ def test_markdown_and_latex_match_expected_text(tmp_path):
     )
 
 
+def test_full_fine_tuning_shows_no_rank(tmp_path):
+    """A full FT run's config carries the experiment's rank (r=16 in mini), but full FT has none."""
+    for method in ("full", "lora"):
+        make_run(tmp_path, method, 16, 0, {"gsm8k": {"metamath": 0.5}})
+    table = accuracy_table(summarize(collect_runs(tmp_path / "exp"), "exp"), "strict", load_reference())
+    assert [row[:2] for row in table.rows] == [["Full FT", None], ["LoRA", 16]]
+    assert "| Full FT |  – |" in to_markdown(table)
+
+
 PAPER_PROTOCOL = {"train": {"model": "meta-llama/Llama-2-7b-hf", "data": "metamathqa", "examples": 100000}}
 
 

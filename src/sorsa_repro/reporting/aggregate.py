@@ -60,10 +60,16 @@ def bench_name(bench: str) -> str:
     return display_name(bench)
 
 
+def shown_rank(method: str, rank: int | None) -> int | None:
+    """The rank a table or label shows: none for full fine-tuning (its runs' configs still carry one)."""
+    return rank if rank and method != "full" else None
+
+
 def group_label(method: str, rank: int | None = None, variant: str = "") -> str:
     """The one label of a (method, rank, variant) group in tables, figures, claims and READMEs ("SORSA r=16
     [variant=gamma0]"); without a rank where a column or caption gives it."""
-    label = method_name(method) + (f" r={rank}" if rank and method != "full" else "")  # full FT has no rank
+    rank = shown_rank(method, rank)
+    label = method_name(method) + (f" r={rank}" if rank else "")
     return label + (f" [{variant}]" if variant else "")
 
 

@@ -11,7 +11,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sorsa_repro.reporting.aggregate import GROUP_KEYS, Summary, bench_name, group_label, method_name
+from sorsa_repro.reporting.aggregate import (
+    GROUP_KEYS,
+    Summary,
+    bench_name,
+    group_label,
+    method_name,
+    shown_rank,
+)
 from sorsa_repro.reporting.reference import citation, paper_model, paper_row
 from sorsa_repro.results import atomic_write_text
 
@@ -172,7 +179,7 @@ def accuracy_table(summary: Summary, mode: str, reference: dict, with_paper: boo
     table.align += "r" * len(columns)
     for g in summary.groups.itertuples():
         name = group_label(g.method, variant=g.variant)
-        row = [name, g.rank or None, format_params(g.trainable_params), g.n_seeds]
+        row = [name, shown_rank(g.method, g.rank), format_params(g.trainable_params), g.n_seeds]
         paper = paper_row(model, g.method, g.rank) or {}
         for bench, what in columns:
             if what == "paper":
@@ -185,6 +192,17 @@ def accuracy_table(summary: Summary, mode: str, reference: dict, with_paper: boo
                 row.append(_cell(stats, (g.method, g.rank, g.variant, bench, what)))
         table.rows.append(row)
 
+    table.caption = _accuracy_caption(summary, reference, model, unlike, with_paper)
+    if model and mode == compare["mode"]:
+        run_methods = set(summary.groups["method"])
+        unrun = [method_name(m) for m in model.get("rows", {}) if m not in run_methods]
+        if unrun:
+            table.notes.append(f"paper rows without runs in this experiment: {', '.join(unrun)}")
+    return table
+
+
+def _accuracy_caption(summary: Summary, reference: dict, model, unlike: dict, with_paper: bool) -> str:
+    compare = reference.get("compare", {"grader": "metamath", "mode": "strict"})
     caption = [
         f"Mean ± sample standard deviation (ddof=1) over seeds; – where a group has one seed "
         f"(no std) or no result. Graders: {_grader_versions(summary)}."
@@ -202,18 +220,13 @@ def accuracy_table(summary: Summary, mode: str, reference: dict, with_paper: boo
                 + "; ".join(f"{bench_name(b)}: {why}" for b, why in unlike.items())
                 + " (the paper's setting differs)."
             )
-        run_methods = set(summary.groups["method"])
-        unrun = [method_name(m) for m in model.get("rows", {}) if m not in run_methods]
-        if unrun and mode == compare["mode"]:
-            table.notes.append(f"paper rows without runs in this experiment: {', '.join(unrun)}")
     elif with_paper:
         caption.append(
             "No paper numbers: this experiment's base model or data differ from every row of "
             f"{citation(reference)}, so they are not comparable; the paper's numbers are in "
             "paper_tables/reference.yaml."
         )
-    table.caption = " ".join(caption)
-    return table
+    return " ".join(caption)
 
 
 def paper_differences(summary: Summary, model: dict) -> dict[str, str]:

@@ -67,35 +67,59 @@ def offline_message(args: WandbArgs, reason: str) -> str:
     )
 
 
-def build_report(summary: Summary, args: WandbArgs, reference: dict | None = None):
-    """The ``wandb_workspaces`` Report object (not saved: ``report.save()`` needs the network)."""
+def _runset(args: WandbArgs, exp: str, name: str, *filters, groupby=()):
+    """The experiment's runs (and ``filters``) in the W&B project."""
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    in_exp = expr.Config(args.experiment_key) == exp
+    return wr.Runset(
+        entity=args.entity, project=args.project, name=name, filters=[in_exp, *filters], groupby=list(groupby)
+    )
+
+
+def _line_plot(args: WandbArgs, title: str, y: str, grouped: bool, smoothed: bool):
+    import wandb_workspaces.reports.v2 as wr
+
+    extra = {"groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"} if grouped else {}
+    if smoothed:
+        extra.update(smoothing_type="exponential", smoothing_factor=0.6)
+    return wr.LinePlot(title=title, x=args.x_key, y=[y], **extra)
+
+
+def _loss_blocks(summary: Summary, args: WandbArgs) -> list:
+    """All methods' loss (mean, min-max over seeds) and penalty, then one panel per method with its seeds."""
     import wandb_workspaces.reports.v2 as wr
     from wandb_workspaces import expr
 
     exp = summary.experiment
-    in_exp = expr.Config(args.experiment_key) == exp
+    blocks = [
+        wr.H2(text="Training loss, all methods"),
+        wr.PanelGrid(
+            runsets=[_runset(args, exp, exp, groupby=[f"config.{args.method_key}"])],
+            panels=[
+                _line_plot(args, "training loss (mean, min-max over seeds)", args.loss_key, True, True),
+                _line_plot(args, "SORSA orthonormal penalty", args.ortho_key, True, False),
+            ],
+        ),
+    ]
+    for method in ordered(summary.groups["method"], METHOD_ORDER):
+        name = method_name(method)
+        blocks += [
+            wr.H3(text=f"Training loss: {name}"),
+            wr.PanelGrid(
+                runsets=[_runset(args, exp, name, expr.Config(args.method_key) == method)],
+                panels=[_line_plot(args, f"{name}: training loss per seed", args.loss_key, False, True)],
+            ),
+        ]
+    return blocks
 
-    def runset(name, *filters, groupby=()):
-        return wr.Runset(
-            entity=args.entity,
-            project=args.project,
-            name=name,
-            filters=[in_exp, *filters],
-            groupby=list(groupby),
-        )
 
-    def loss_plot(title, grouped):
-        extra = {"groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"} if grouped else {}
-        return wr.LinePlot(
-            title=title,
-            x=args.x_key,
-            y=[args.loss_key],
-            smoothing_type="exponential",
-            smoothing_factor=0.6,
-            **extra,
-        )
+def build_report(summary: Summary, args: WandbArgs, reference: dict | None = None):
+    """The ``wandb_workspaces`` Report object (not saved: ``report.save()`` needs the network)."""
+    import wandb_workspaces.reports.v2 as wr
 
-    by_method = [f"config.{args.method_key}"]
+    exp = summary.experiment
     table = accuracy_table(summary, "strict", reference or {})
     blocks = [
         wr.P(
@@ -106,32 +130,12 @@ def build_report(summary: Summary, args: WandbArgs, reference: dict | None = Non
         wr.MarkdownBlock(text=to_markdown(table)),
         wr.H2(text="The paper's claims"),
         wr.MarkdownBlock(text=claims_markdown(summary, claim_rows(summary), scale_note(summary))),
-        wr.H2(text="Training loss, all methods"),
-        wr.PanelGrid(
-            runsets=[runset(exp, groupby=by_method)],
-            panels=[
-                loss_plot("training loss (mean, min-max over seeds)", grouped=True),
-                wr.LinePlot(
-                    title="SORSA orthonormal penalty",
-                    x=args.x_key,
-                    y=[args.ortho_key],
-                    groupby_aggfunc="mean",
-                    groupby_rangefunc="minmax",
-                ),
-            ],
-        ),
-    ]
-    for method in ordered(summary.groups["method"], METHOD_ORDER):
-        blocks += [
-            wr.H3(text=f"Training loss: {method_name(method)}"),
-            wr.PanelGrid(
-                runsets=[runset(method_name(method), expr.Config(args.method_key) == method)],
-                panels=[loss_plot(f"{method_name(method)}: training loss per seed", grouped=False)],
-            ),
-        ]
-    blocks += [
+        *_loss_blocks(summary, args),
         wr.H2(text="Runs and config differences"),
-        wr.PanelGrid(runsets=[runset(exp, groupby=by_method)], panels=[wr.RunComparer(diff_only="split")]),
+        wr.PanelGrid(
+            runsets=[_runset(args, exp, exp, groupby=[f"config.{args.method_key}"])],
+            panels=[wr.RunComparer(diff_only="split")],
+        ),
     ]
     return wr.Report(
         entity=args.entity,
