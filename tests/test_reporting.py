@@ -24,7 +24,8 @@ from sorsa_repro.reporting.aggregate import (
 from sorsa_repro.reporting.figures import seed_curves
 from sorsa_repro.reporting.protocol import ProtocolMismatchError
 from sorsa_repro.reporting.reference import load_reference
-from sorsa_repro.reporting.tables import accuracy_table, latex_escape, to_latex, to_markdown
+from sorsa_repro.reporting.table_format import latex_escape, to_latex, to_markdown
+from sorsa_repro.reporting.tables import accuracy_table
 from sorsa_repro.results import atomic_write_json, atomic_write_text
 
 # the notes (missing seeds, failed runs) are warnings too; the tests that care assert them with pytest.warns

@@ -12,7 +12,8 @@ from sorsa_repro.reporting.figures import write_figures
 from sorsa_repro.reporting.protocol import ProtocolMismatchError, check_protocol
 from sorsa_repro.reporting.readme import write_readme
 from sorsa_repro.reporting.reference import load_reference
-from sorsa_repro.reporting.tables import to_latex, to_markdown, write_tables
+from sorsa_repro.reporting.table_format import to_latex, to_markdown
+from sorsa_repro.reporting.tables import write_tables
 
 __all__ = [
     "ProtocolMismatchError",

@@ -16,14 +16,8 @@ from sorsa_repro.reporting.claims import CLAIMS_FILE
 from sorsa_repro.reporting.figures import CAPTIONS
 from sorsa_repro.reporting.protocol import EVAL_KEYS, shared_protocol
 from sorsa_repro.reporting.reproducibility import VERDICT_FILE
-from sorsa_repro.reporting.tables import (
-    HEADER,
-    Table,
-    format_params,
-    main_tables,
-    rank_tables,
-    to_markdown,
-)
+from sorsa_repro.reporting.table_format import Table, to_markdown
+from sorsa_repro.reporting.tables import HEADER, format_params, main_tables, rank_tables
 from sorsa_repro.results import atomic_write_text
 
 

@@ -26,7 +26,8 @@ from sorsa_repro.reporting.aggregate import METHOD_ORDER, Summary, load_experime
 from sorsa_repro.reporting.claims import claim_rows, scale_note
 from sorsa_repro.reporting.claims import to_markdown as claims_markdown
 from sorsa_repro.reporting.reference import load_reference
-from sorsa_repro.reporting.tables import accuracy_table, to_markdown
+from sorsa_repro.reporting.table_format import to_markdown
+from sorsa_repro.reporting.tables import accuracy_table
 from sorsa_repro.wandb_mode import offline_reason
 
 
