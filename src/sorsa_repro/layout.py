@@ -6,6 +6,11 @@
   (their small files) and the tables made from them. A run never writes there; a maintainer refreshes them
   on purpose with ``make replicate-sorsa ... ARGS=update_reference=true``.
 - ``paper_tables/reference.yaml``: the paper's reported numbers, the one hand-typed input.
+
+Words: a *run* is one training job (experiment, method, rank, seed, config) and its folder, the *run folder*
+(``results/<experiment>/<run name>/``, the name ending in the config hash); result.json's ``run`` block names
+it, ``sorsa-evaluate run=<folder>`` takes the folder, reporting loads it as a ``Run``. Training prepares it as a
+``PreparedRun`` (validated config and data, nothing written yet); a sweep or ``make replicate-sorsa`` runs many.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def parse_args(argv: list[str]) -> tuple[str, ReportArgs]:
     return command, args
 
 
-def run(command: str, args: ReportArgs) -> list[Path]:
+def run_command(command: str, args: ReportArgs) -> list[Path]:
     """Do ``command``; returns the files written."""
     out_dir = Path(args.out_dir) / args.experiment
     seeds = [int(s) for s in args.seeds.strip("[]").split(",") if s.strip()] or None
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:  # missing seeds, failed runs: shown plainly
             warnings.simplefilter("always")
-            paths = run(command, args)
+            paths = run_command(command, args)
     except (ProtocolMismatchError, FileNotFoundError) as err:
         print(f"sorsa-report: {err}", file=sys.stderr)
         return 1

@@ -28,17 +28,17 @@ def run_block(cfg: DictConfig) -> dict:
     return block
 
 
-def start_record(cfg: DictConfig, run, settings: dict, dtype: str, world: int) -> dict:
+def start_record(cfg: DictConfig, prepared, settings: dict, dtype: str, world: int) -> dict:
     """The blocks written before the fit: the budget and settings (``settings``: parameter counts, init
     time, lr, regularizer), the protocol runs must share to be compared, and provenance."""
     return {
-        "train": {"total_steps": run.total_steps, **settings},
-        "protocol": {"train": protocol_block(cfg, run.data, run.total_steps, world)},
+        "train": {"total_steps": prepared.total_steps, **settings},
+        "protocol": {"train": protocol_block(cfg, prepared.data, prepared.total_steps, world)},
         "provenance": {
             **provenance(),
             "command": " ".join(["python -m sorsa_repro.train", *sys.argv[1:]]),
             "model": {"name": cfg.model.name, "dtype": dtype},
-            "data": run.data.identity(),
+            "data": prepared.data.identity(),
         },
     }
 

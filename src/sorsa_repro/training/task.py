@@ -137,11 +137,11 @@ def claim_run_folder(run_dir: Path):
     return run_folder_lock(run_dir) if is_global_zero() else nullcontext(run_dir)
 
 
-def train_in_folder(run: PreparedRun) -> Path:
+def train_in_folder(prepared: PreparedRun) -> Path:
     """Train in the claimed folder; a finished run of the same config is left as it is."""
-    cfg, run_dir = run.cfg, run.run_dir
+    cfg, run_dir = prepared.cfg, prepared.run_dir
     previous = load_result(run_dir)
-    if previous.get("config_hash") not in (None, run.digest):
+    if previous.get("config_hash") not in (None, prepared.digest):
         if not cfg.get("overwrite", False):  # checked before; the folder may have changed since
             raise RunFolderConflictError(f"run folder {run_dir} now holds another config's run")
         if is_global_zero():
@@ -151,35 +151,35 @@ def train_in_folder(run: PreparedRun) -> Path:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         previous = {}
     elif previous.get("train", {}).get("status") == "finished":
-        log.info("%s already finished training (config %s): not training again", run_dir, run.digest)
+        log.info("%s already finished training (config %s): not training again", run_dir, prepared.digest)
         return run_dir
     if is_global_zero():
         remove_temp_files(run_dir)  # a killed export's half-written folder
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(without_hydra(cfg), resolve=True))
-        update_result(run_dir, {"config_hash": run.digest, "run": run_block(cfg)})
+        update_result(run_dir, {"config_hash": prepared.digest, "run": run_block(cfg)})
     with stage(run_dir, "train", enabled=is_global_zero()):
-        _fit_and_export(run, previous.get("train", {}))
+        _fit_and_export(prepared, previous.get("train", {}))
     return run_dir
 
 
-def _fit_and_export(run: PreparedRun, before: dict) -> None:
+def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
     """Build, fit (resuming from the checkpoint if there is one), record and export, in that order."""
     import lightning as L
 
-    cfg, run_dir = run.cfg, run.run_dir
+    cfg, run_dir = prepared.cfg, prepared.run_dir
     L.seed_everything(cfg.seed, workers=True)
     model_dtype, precision = PRECISIONS[cfg.train.precision]
     memory_scope = reset_peak_memory()
     started = time.perf_counter()
     # EVA/CorDA: a resumed run restores its init from the first attempt's result instead of reading the data
-    initial = load_initial(run_dir) if run.init_data and (run_dir / CHECKPOINT).exists() else None
-    batches = run.init_data.batches if run.init_data and initial is None else None
+    initial = load_initial(run_dir) if prepared.init_data and (run_dir / CHECKPOINT).exists() else None
+    batches = prepared.init_data.batches if prepared.init_data and initial is None else None
     model, pretrained, init_s, trainable, total, method_s = build_model(
-        cfg, run.method, model_dtype, run_dir.name, batches, initial
+        cfg, prepared.method, model_dtype, run_dir.name, batches, initial
     )
     if batches is not None and is_global_zero():
         save_initial(run_dir, model.initial_adapter_state)  # before the first checkpoint
-    module = build_module(cfg, model, run.total_steps, run_dir)
+    module = build_module(cfg, model, prepared.total_steps, run_dir)
     if is_global_zero():
         settings = {
             "trainable_params": trainable,
@@ -191,19 +191,19 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
         if batches is not None:  # the data pass of EVA/CorDA: what it read and what it cost (in init_time_s)
             passes = getattr(model, "eva_forward_passes", None)
             settings["init_data"] = {
-                **run.init_data.identity,
+                **prepared.init_data.identity,
                 "time_s": round(method_s, 2),  # apply_method: the data pass and the decompositions
                 **({"forward_passes": passes} if passes is not None else {}),
             }
-        update_result(run_dir, start_record(cfg, run, settings, model_dtype, world_size(cfg)))
+        update_result(run_dir, start_record(cfg, prepared, settings, model_dtype, world_size(cfg)))
     loggers = build_loggers(cfg, run_dir, trainable, total)
-    trainer = build_trainer(cfg, run_dir, run.total_steps, precision, pretrained, loggers)
-    _fit(trainer, module, run, loggers)
+    trainer = build_trainer(cfg, run_dir, prepared.total_steps, precision, pretrained, loggers)
+    _fit(trainer, module, prepared, loggers)
     attempt = {
         "start_step": trainer.global_step if module.start_step is None else module.start_step,
         "end_step": trainer.global_step,
         "init_time_s": round(init_s, 2),
-        **({"init_data": "restored" if initial is not None else "read"} if run.init_data else {}),
+        **({"init_data": "restored" if initial is not None else "read"} if prepared.init_data else {}),
         "fit_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_mb": peak_memory_mb(),
     }
@@ -211,22 +211,22 @@ def _fit_and_export(run: PreparedRun, before: dict) -> None:
         update_result(run_dir, {"train": fit_statistics(run_dir, before, attempt, memory_scope)})
     with whole_model(model, fsdp_root(trainer)):  # under FSDP: all ranks gather, rank 0 writes
         if trainer.is_global_zero:
-            _export(model, run.tokenizer, cfg, run_dir, run.method)
+            _export(model, prepared.tokenizer, cfg, run_dir, prepared.method)
     if trainer.is_global_zero:
         train = load_result(run_dir)["train"]
         update_result(run_dir, {"train": with_export_time(train, time.perf_counter() - started)})
 
 
-def _fit(trainer, module, run: PreparedRun, loggers: list) -> None:
+def _fit(trainer, module, prepared: PreparedRun, loggers: list) -> None:
     """Fit to the run's last step (from the checkpoint if one exists) and leave a checkpoint of that step."""
-    ckpt = run.run_dir / CHECKPOINT
+    ckpt = prepared.run_dir / CHECKPOINT
     try:
-        trainer.fit(module, datamodule=run.data, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        trainer.fit(module, datamodule=prepared.data, ckpt_path=str(ckpt) if ckpt.exists() else None)
     finally:
         for lg in loggers:
             lg.finalize("success")
-    if trainer.global_step < run.total_steps:
-        raise RuntimeError(f"training stopped at step {trainer.global_step} of {run.total_steps}")
+    if trainer.global_step < prepared.total_steps:
+        raise RuntimeError(f"training stopped at step {trainer.global_step} of {prepared.total_steps}")
     saved = getattr(trainer.checkpoint_callback, "_last_global_step_saved", None)
     if saved != trainer.global_step or not ckpt.exists():  # (a full-FT checkpoint is GBs: write it once)
         trainer.save_checkpoint(ckpt)  # a kill during the export below resumes here, with nothing to train
