@@ -214,24 +214,9 @@ def _sort_groups(df: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[sorted(range(len(df)), key=lambda i: keys[i])]
 
 
-def summarize(
-    runs: list[Run], experiment: str, expected_seeds: list[int] | None = None, check: bool = True
-) -> Summary:
-    """Mean and sample std (ddof=1) over seeds of every benchmark x grader x mode accuracy.
-
-    Raises ``ProtocolMismatchError`` when the runs with results do not share one protocol.
-    Warns (and records a note) for groups with missing seeds and for runs without results.
-    """
-    ok = [r for r in runs if r.status == "ok"]
-    if check:
-        check_protocol(ok)
-    notes = [f"{r.name}: {r.status}; not included" for r in runs if r.status != "ok"]
-    scores = pd.DataFrame([row for r in ok for row in _score_rows(r)])
-    if scores.empty:
-        scores = pd.DataFrame(columns=[*GROUP_KEYS, "run", "seed", "benchmark", "grader", "mode", "acc"])
-    keys = [*GROUP_KEYS, "benchmark", "grader", "mode"]
-    stats = scores.groupby(keys)["acc"].agg(mean="mean", std="std", n="count").reset_index()
-
+def _seed_groups(ok: list[Run], expected_seeds: list[int] | None, notes: list[str]) -> pd.DataFrame:
+    """One row per (method, rank, variant): its seeds, the missing ones and its trainable parameters; notes
+    what is missing or inconsistent."""
     per_run = pd.DataFrame(
         [
             (r.method, r.rank, r.variant, r.seed, r.result.get("train", {}).get("trainable_params"))
@@ -260,11 +245,29 @@ def summarize(
                 "trainable_params": params[0] if params else None,
             }
         )
-    groups = _sort_groups(
-        pd.DataFrame(
-            groups, columns=[*GROUP_KEYS, "label", "n_seeds", "seeds", "missing", "trainable_params"]
-        )
-    )
+    columns = [*GROUP_KEYS, "label", "n_seeds", "seeds", "missing", "trainable_params"]
+    return _sort_groups(pd.DataFrame(groups, columns=columns))
+
+
+def summarize(
+    runs: list[Run], experiment: str, expected_seeds: list[int] | None = None, check: bool = True
+) -> Summary:
+    """Mean and sample std (ddof=1) over seeds of every benchmark x grader x mode accuracy.
+
+    Raises ``ProtocolMismatchError`` when the runs with results do not share one protocol.
+    Warns (and records a note) for groups with missing seeds and for runs without results.
+    """
+    ok = [r for r in runs if r.status == "ok"]
+    if check:
+        check_protocol(ok)
+    notes = [f"{r.name}: {r.status}; not included" for r in runs if r.status != "ok"]
+    scores = pd.DataFrame([row for r in ok for row in _score_rows(r)])
+    if scores.empty:
+        scores = pd.DataFrame(columns=[*GROUP_KEYS, "run", "seed", "benchmark", "grader", "mode", "acc"])
+    keys = [*GROUP_KEYS, "benchmark", "grader", "mode"]
+    stats = scores.groupby(keys)["acc"].agg(mean="mean", std="std", n="count").reset_index()
+
+    groups = _seed_groups(ok, expected_seeds, notes)
     # a benchmark evaluated for fewer seeds than the group has is a hidden gap: say so
     n_seeds = groups.set_index(GROUP_KEYS)["n_seeds"]
     for row in stats.itertuples():
