@@ -20,7 +20,7 @@ from sorsa_repro.methods.sorsa_penalty import orthonormal_penalty
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.module import FineTuneModule
 from sorsa_repro.training.optim import OptimSettings
-from sorsa_repro.training.ortho import regularizer
+from sorsa_repro.training.ortho import Regularizer, regularizer
 from sorsa_repro.training.task import optimizer_steps, run_training
 from tests.conftest import train_killed_after_step
 
@@ -222,6 +222,9 @@ def test_regularizer_modes_record_what_result_json_holds():
         "coefficient": pytest.approx(0.208333, rel=1e-5),
     }
     assert regularizer("decoupled", 0.1).record() == {"mode": "decoupled", "gamma": 0.1, "coefficient": None}
+    assert Regularizer(0.0).record() is None  # a method without the regularizer records none
+    with pytest.raises(ValueError, match="needs the method's base lr"):
+        regularizer("reference", 4e-4)
     with pytest.raises(ValueError, match="method.ortho_mode='bogus'"):
         regularizer("bogus", 0.1)
     with pytest.raises(ValueError, match="method.gamma must be >= 0"):
@@ -239,6 +242,9 @@ def test_every_method_trains_and_exports(tmp_path, method):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["train"]["status"] == "finished" and result["train"]["steps"] == 3
     assert result["run"] == {"experiment": "mini", "method": method, "rank": 4, "seed": 0}
+    # train.ortho as the committed references hold it: SORSA's mode, gamma and coefficient; None otherwise
+    want = {"mode": "reference", "gamma": 4e-4, "coefficient": pytest.approx(4e-4 / (3e-5 * 64))}
+    assert result["train"]["ortho"] == (want if method == "sorsa" else None)
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints/last.ckpt").exists()
     assert (run_dir / "adapter").exists() == (method != "full")
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "merged")  # plain transformers, no project code

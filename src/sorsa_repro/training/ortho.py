@@ -38,19 +38,19 @@ def reference_coefficient(gamma: float, base_lr: float, accumulation: int) -> fl
 
 @dataclass(frozen=True)
 class Regularizer:
-    """How the regularizer enters this run; ``FineTuneModule`` calls its hooks (no-ops unless overridden)."""
+    """How the regularizer enters this run; ``FineTuneModule`` calls its hooks. This base class is the
+    absent regularizer (methods without one): every hook does nothing and it records nothing."""
 
     gamma: float
+    mode = ""  # the subclasses' ``method.ortho_mode``
 
     def __post_init__(self):
         if not self.gamma >= 0:
             raise ValueError(f"method.gamma must be >= 0, got {self.gamma}")
 
-    mode = ""
-
-    def record(self) -> dict:
-        """result.json's ``train.ortho``."""
-        return {"mode": self.mode, "gamma": self.gamma, "coefficient": None}
+    def record(self) -> dict | None:
+        """result.json's ``train.ortho``: mode, gamma and (reference mode) the coefficient."""
+        return {"mode": self.mode, "gamma": self.gamma, "coefficient": None} if self.mode else None
 
     def loss(self, module, loss: torch.Tensor) -> torch.Tensor:  # per micro-batch
         return loss
@@ -114,11 +114,14 @@ MODES = {cls.mode: cls for cls in (ReferenceMode, DecoupledMode, LossMode)}
 assert tuple(MODES) == ORTHO_MODES
 
 
-def regularizer(mode: str, gamma: float, base_lr: float = 1.0, accumulation: int = 64) -> Regularizer:
-    """The mode's object, validated; ``base_lr`` and ``accumulation`` give the reference mode's coefficient."""
+def regularizer(mode: str, gamma: float, base_lr: float | None = None, accumulation: int = 64) -> Regularizer:
+    """The mode's object, validated; ``base_lr`` (the method's lr) and ``accumulation`` give the reference
+    mode's coefficient."""
     if mode not in MODES:
         raise ValueError(f"method.ortho_mode={mode!r}; use one of {ORTHO_MODES}")
     if mode == "reference":
+        if base_lr is None:
+            raise ValueError("the reference mode's coefficient needs the method's base lr")
         return ReferenceMode(float(gamma), reference_coefficient(gamma, base_lr, accumulation))
     return MODES[mode](float(gamma))
 

@@ -13,8 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sorsa_repro.methods import MethodConfig, apply_method, cast_residuals, count_parameters
 from sorsa_repro.training.distributed import build_strategy, is_global_zero
-from sorsa_repro.training.optim import optim_settings
-from sorsa_repro.training.ortho import regularizer_from_method
+from sorsa_repro.training.validate import training_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +70,12 @@ def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path):
     """The Lightning module that trains ``model`` with the method's learning rate and regularizer."""
     from sorsa_repro.training.module import FineTuneModule
 
+    optim, regularizer = training_settings(cfg)  # the same code that validated them
     return FineTuneModule(
         model,
-        optim=optim_settings(cfg),
+        optim=optim,
         total_steps=total_steps,
-        regularizer=regularizer_from_method(OmegaConf.to_container(cfg.method, resolve=True)),
+        regularizer=regularizer,
         metrics_path=run_dir / "metrics.csv",
     )
 

@@ -186,7 +186,7 @@ def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
             "total_params": total,
             "init_time_s": round(init_s, 2),
             "lr": module.optim.lr,
-            "ortho": module.regularizer.record() if module.regularizer.mode else None,
+            "ortho": module.regularizer.record(),
         }
         if batches is not None:  # the data pass of EVA/CorDA: what it read and what it cost (in init_time_s)
             passes = getattr(model, "eva_forward_passes", None)
