@@ -107,13 +107,10 @@ def load_train_examples(
     split: str = "train",
     config: str | None = None,
 ) -> list[dict]:
-    """Training examples `{id, query, response}` of `name` (metamathqa | gsm8k | math | synthetic).
-
-    `limit` keeps the first N rows (MetaMathQA `train[:N]`, as the paper); for synthetic it is the
-    number of generated problems (default 2000) and `seed` picks them. `name` may join sources with
-    "+" (e.g. "gsm8k+math"); `limit` then applies to each. Any other `name` is a .json/.jsonl file or a
-    hub dataset id (loaded as `datasets.load_dataset(name, config, split=split)`), its `fields` mapping
-    query and response to its own field names (default: query, response).
+    """Training examples `{id, query, response}` of `name`: a built-in set (`limit`, `seed` and "+" as
+    ``sources.load_builtin_train_examples`` says), or a .json/.jsonl file or hub dataset id (loaded as
+    `datasets.load_dataset(name, config, split=split)`, `limit` its first rows), its `fields` mapping query
+    and response to its own field names (default: query, response).
     """
     if not is_builtin(name):
         return _custom_examples(name, limit, fields, split, config)
