@@ -201,6 +201,16 @@ def test_a_regularizer_setting_on_a_method_without_one_is_refused(key):
         validate_config(cfg)
 
 
+def test_a_set_ortho_coef_is_refused_not_ignored():
+    """method.ortho_coef only shows gamma / (lr x 64); setting it used to change nothing, silently."""
+    from sorsa_repro.training.validate import validate_config
+
+    validate_config(compose_train("experiment=mini", "method=sorsa", "model=tiny_random"))  # the shown value
+    cfg = compose_train("experiment=mini", "method=sorsa", "model=tiny_random", "method.ortho_coef=0.5")
+    with pytest.raises(ValueError, match=r"method.ortho_coef=0.5 is derived, not set: .* = 0.208333"):
+        validate_config(cfg)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -127,15 +127,19 @@ def regularizer(mode: str, gamma: float, base_lr: float | None = None, accumulat
 
 
 def regularizer_from_method(method: dict) -> Regularizer | None:
-    """The run's regularizer from its method section (None for methods without one)."""
+    """The run's regularizer from its method section (None for methods without one). ``ortho_coef`` there only
+    shows the reference coefficient; a value that differs from it would be silently ignored, so it fails."""
     if method["name"] not in REGULARIZED_METHODS:
         return None
-    return regularizer(
-        method.get("ortho_mode", "reference"),
-        float(method.get("gamma") or 0.0),
-        float(method["lr"]),
-        int(method.get("ortho_accumulation", 64)),
-    )
+    gamma, base_lr = float(method.get("gamma") or 0.0), float(method["lr"])
+    accumulation = int(method.get("ortho_accumulation", 64))
+    shown, coefficient = method.get("ortho_coef"), reference_coefficient(gamma, base_lr, accumulation)
+    if shown is not None and abs(float(shown) - coefficient) > 1e-6:  # the yaml rounds it to 6 decimals
+        raise ValueError(
+            f"method.ortho_coef={shown} is derived, not set: gamma / (lr x ortho_accumulation) = {gamma} / "
+            f"({base_lr} x {accumulation}) = {coefficient:.6g}; change method.gamma or method.ortho_accumulation"
+        )
+    return regularizer(method.get("ortho_mode", "reference"), gamma, base_lr, accumulation)
 
 
 OmegaConf.register_new_resolver(
