@@ -7,7 +7,8 @@ import os
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from .custom import check_fields, check_train_source, is_builtin, load_train_examples
+from .custom import check_fields, check_train_source, is_builtin
+from .heldout import split_train_heldout
 from .identity import data_identity
 from .sampler import ResumableSampler
 from .tokenize import LONG_PROMPT_MODES, PadCollator, check_modes, encode_examples, pad_token_id
@@ -43,7 +44,8 @@ class MathDataModule(L.LightningDataModule):
     with SmolLM2's tokenizer) instead of raising. The constructor only validates; data is loaded on
     `setup()` or on first access to `num_train_examples` (which the trainer needs for optimizer steps).
     Your own data: `name` is a .json/.jsonl file or a hub dataset id (`split`, `config`), `fields` maps
-    query and response to its field names (custom.load_train_examples).
+    query and response to its field names (custom.load_train_examples). `heldout_size` rows right after the
+    training subset are held out for the held-out loss (``heldout.py``; ``heldout_batches``).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class MathDataModule(L.LightningDataModule):
         fields=None,
         split: str | None = None,
         config: str | None = None,
+        heldout_size: int = 0,
     ):
         super().__init__()
         check_train_source(name, fields)  # unknown names, missing or non-JSON files, bad field mappings
@@ -86,16 +89,36 @@ class MathDataModule(L.LightningDataModule):
         self.fields = None if is_builtin(name) else check_fields(fields)
         self.split, self.config = split or "train", config
         self.collator = PadCollator(pad_token_id(tokenizer), pad_to_multiple_of)
+        self.heldout_size = heldout_size
         self.examples: list[dict] | None = None
+        self.heldout_examples: list[dict] = []
         self.train_dataset: EncodedDataset | None = None
+        self.heldout_encoded: list[dict] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        examples = load_train_examples(
-            self.name, self.limit, self.data_dir, self.data_seed, self.fields, self.split, self.config
+        examples, heldout = split_train_heldout(
+            self.name,
+            self.limit,
+            self.heldout_size,
+            self.data_dir,
+            self.data_seed,
+            self.fields,
+            self.split,
+            self.config,
         )
-        encoded = encode_examples(
+        encoded = self._encode(examples)
+        kept = {e["id"] for e in encoded}
+        self.examples = [e for e in examples if e["id"] in kept]
+        self.num_dropped = len(examples) - len(self.examples)
+        self.heldout_encoded = self._encode(heldout)
+        held = {e["id"] for e in self.heldout_encoded}
+        self.heldout_examples = [e for e in heldout if e["id"] in held]
+        self.train_dataset = EncodedDataset(encoded)
+
+    def _encode(self, examples: list[dict]) -> list[dict]:
+        return encode_examples(
             self.tokenizer,
             examples,
             self.max_length,
@@ -103,10 +126,12 @@ class MathDataModule(L.LightningDataModule):
             self.long_prompts,
             tokenization=self.tokenization,
         )
-        kept = {e["id"] for e in encoded}
-        self.examples = [e for e in examples if e["id"] in kept]
-        self.num_dropped = len(examples) - len(self.examples)
-        self.train_dataset = EncodedDataset(encoded)
+
+    def heldout_batches(self, batch_size: int = 8) -> list[dict]:
+        """The held-out examples, collated into fixed batches in row order (the held-out loss's input)."""
+        self.setup()
+        items = self.heldout_encoded
+        return [self.collator(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 
     @property
     def num_train_examples(self) -> int:
@@ -132,6 +157,18 @@ class MathDataModule(L.LightningDataModule):
             "tokenization": self.tokenization,
             "dropped_long_prompts": self.num_dropped,
         }
+        heldout = data_identity(
+            self.name,
+            self.split,
+            None,
+            self.data_dir,
+            self.data_seed,
+            self.heldout_examples,
+            self.fields,
+            self.config,
+        )
+        extra["heldout"] = {k: heldout[k] for k in ("rows", "content_sha256") if k in heldout}
+        extra["heldout"]["first_id"] = self.heldout_examples[0]["id"] if self.heldout_examples else None
         return {**ident, **extra}
 
     def train_dataloader(self) -> DataLoader:
