@@ -26,7 +26,8 @@ from tests.conftest import train_killed_after_step
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
-METHODS = tuple(m for m in ALL_METHODS if m != "peft")  # method=peft needs a config file of its own
+# method=peft needs a config file of its own; the untrained base model has its own test (test_heldout.py)
+METHODS = tuple(m for m in ALL_METHODS if m not in ("peft", "base"))
 
 
 def compose_train(*overrides: str):
@@ -62,13 +63,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", (*METHODS, "base"))
 def test_every_experiment_composes(experiment, method):
     cfg = compose_train(f"experiment={experiment}", f"method={method}")
     assert cfg.experiment_name == experiment
-    assert (
-        cfg.run_dir == f"results/{experiment}/{method}-r{cfg.method.rank}-s{cfg.seed}-{config_hash(cfg)[:8]}"
-    )
+    seed = 0 if method == "base" else cfg.seed  # the base model's one run, whatever the seed
+    # learning-rate studies name the rate; the base model has none
+    lr = f"-lrx{cfg.train.lr_multiplier:g}" if experiment.endswith("_lr") and method != "base" else ""
+    name = f"{method}{lr}-r{cfg.method.rank}-s{seed}-{config_hash(cfg)[:8]}"
+    assert cfg.run_dir == f"results/{experiment}/{name}"
 
 
 @pytest.mark.parametrize("method,lr", [("sorsa", 3e-5), ("lora", 2e-5), ("pissa", 2e-5), ("full", 2e-5)])
@@ -249,8 +252,10 @@ def test_every_method_trains_and_exports(tmp_path, method):
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert all(float(r["loss"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
     assert (rows[0]["ortho_penalty"] != "") == (method == "sorsa")
+    assert [r["heldout_loss"] != "" for r in rows] == [False, False, True]  # at the last step
     result = json.loads((run_dir / "result.json").read_text())
     assert result["train"]["status"] == "finished" and result["train"]["steps"] == 3
+    assert result["train"]["heldout_loss"] == float(rows[-1]["heldout_loss"]) > 0
     assert result["run"] == {"experiment": "mini", "method": method, "rank": 4, "seed": 0}
     # train.ortho as the committed references hold it: SORSA's mode, gamma and coefficient; None otherwise
     want = {"mode": "reference", "gamma": 4e-4, "coefficient": pytest.approx(4e-4 / (3e-5 * 64))}

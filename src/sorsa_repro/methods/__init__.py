@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from sorsa_repro.methods import peft_inits, peft_io, peft_layers, peft_methods, sorsa, sorsa_io
-from sorsa_repro.methods.config import DATA_METHODS, DEFAULT_TARGETS, METHODS, MethodConfig
-from sorsa_repro.methods.full import apply_full
+from sorsa_repro.methods.config import DATA_METHODS, DEFAULT_TARGETS, METHODS, UNTRAINED_METHODS, MethodConfig
+from sorsa_repro.methods.full import apply_base, apply_full
 from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa
 from sorsa_repro.methods.sorsa_penalty import orthonormal_penalty
 
@@ -32,6 +32,7 @@ __all__ = [
     "METHODS",
     "MethodConfig",
     "SORSALinear",
+    "UNTRAINED_METHODS",
     "apply_method",
     "cast_residuals",
     "count_parameters",
@@ -77,7 +78,7 @@ def validate(model: nn.Module, cfg: MethodConfig) -> list[str]:
                 raise ValueError(
                     f"rank {cfg.rank} is larger than in_features = {in_f} of {name} (MiSS: r <= in)"
                 )
-    elif cfg.name != "full":
+    elif cfg.name not in ("full", *UNTRAINED_METHODS):
         for name in targets:
             out_f, in_f = model.get_submodule(name).weight.shape
             if cfg.rank > min(out_f, in_f):
@@ -112,6 +113,8 @@ def apply_method(
         )
     if cfg.name == "full":
         model = apply_full(model)
+    elif cfg.name == "base":
+        model = apply_base(model)
     elif cfg.name in ("sorsa", "svfit"):  # SVFit: SORSA's layer with frozen singular vectors
         from sorsa_repro.models import resolve_dtype
 
@@ -188,6 +191,8 @@ def trainable_params_on_meta(model_config, cfg: Mapping | MethodConfig) -> tuple
     targets = validate(model, cfg)
     if cfg.name == "full":
         return count_parameters(apply_full(model))
+    if cfg.name == "base":
+        return count_parameters(apply_base(model))
     # per target: r * (in + out) (LoRA and its inits), + r singular values (SORSA), + out (DoRA); r * in (MiCA,
     # its B is frozen), r * out (MiSS): peft_layers.added_parameters
     for param in model.parameters():

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 METHODS = (
+    "base",
     "full",
     "lora",
     "pissa",
@@ -21,6 +22,7 @@ METHODS = (
     "milora",
     "svfit",
 )
+UNTRAINED_METHODS = ("base",)  # the pretrained model as it is: the floor every table shows (0 steps)
 DATA_METHODS = ("eva", "corda")  # initialised from activations of training data (``init_examples`` of them)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # settings users look for under method. that live elsewhere (a method key would be silently ignored)

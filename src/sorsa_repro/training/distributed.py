@@ -30,23 +30,24 @@ def fsdp_root(trainer) -> nn.Module | None:
 
 
 @contextmanager
-def whole_model(model: nn.Module, root: nn.Module | None) -> Iterator[nn.Module]:
+def whole_model(model: nn.Module, root: nn.Module | None, every_rank: bool = False) -> Iterator[nn.Module]:
     """``model`` as a plain module with whole parameters, to read (not train) inside the block.
 
     ``root`` is the FSDP root that shards ``model`` (``fsdp_root``), or None, when ``model`` is yielded as it
     is. Under FSDP every rank must enter (the parameters are all-gathered) and only global rank 0 gets the
-    whole parameters, on the CPU when training on GPUs; the FSDP wrappers inside ``model`` are lifted out of
-    the module tree for the block, so names, ``state_dict`` and ``save_pretrained`` are the unwrapped model's.
-    Changes to parameter values inside the block are not written back to the shards.
+    whole parameters, on the CPU when training on GPUs (``every_rank``: every rank gets them, where they
+    train: the held-out loss's forward pass); the FSDP wrappers inside ``model`` are lifted out of the module
+    tree for the block, so names, ``state_dict``, ``save_pretrained`` and ``forward`` are the unwrapped
+    model's. Changes to parameter values inside the block are not written back to the shards.
     """
     if root is None:
         yield model
         return
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    offload = next(root.parameters()).device.type != "cpu"
+    offload = next(root.parameters()).device.type != "cpu" and not every_rank
     with FullyShardedDataParallel.summon_full_params(
-        root, writeback=False, rank0_only=True, offload_to_cpu=offload
+        root, writeback=False, rank0_only=not every_rank, offload_to_cpu=offload
     ):
         lifted = _lift_wrappers(model, FullyShardedDataParallel)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -17,12 +18,13 @@ from sorsa_repro.methods.sorsa_penalty import (
     regularized_layers,
     sorsa_factors,
 )
-from sorsa_repro.training.distributed import clean_name, fsdp_root
+from sorsa_repro.training.distributed import clean_name, fsdp_root, whole_model
+from sorsa_repro.training.heldout import HeldOut, heldout_loss
 from sorsa_repro.training.optim import OptimSettings, build_optimizer
 from sorsa_repro.training.ortho import Regularizer
 from sorsa_repro.training.sharded_penalty import sharded_penalty_and_grads
 
-METRIC_COLUMNS = ("step", "loss", "ortho_penalty", "lr", "grad_norm", "tokens_per_s")
+METRIC_COLUMNS = ("step", "loss", "ortho_penalty", "lr", "grad_norm", "tokens_per_s", "heldout_loss")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,7 +36,8 @@ class FineTuneModule(L.LightningModule):
 
     SORSA's orthonormal regularizer (``regularizer``, one of the modes in ``sorsa_repro.training.ortho``)
     acts through its hooks: on each micro-batch's loss, before and after gradient clipping, and after the
-    optimizer step. Layers whose singular vectors do not train (SVFit) take no regularizer.
+    optimizer step. Layers whose singular vectors do not train (SVFit) take no regularizer. ``heldout``: the
+    held-out set, whose loss is measured after the optimizer steps it says (``training/heldout.py``).
     """
 
     def __init__(
@@ -45,11 +48,14 @@ class FineTuneModule(L.LightningModule):
         total_steps: int,
         regularizer: Regularizer | None = None,
         metrics_path: str | Path | None = None,
+        heldout: HeldOut | None = None,
     ):
         super().__init__()
         self.model = model.train()
         self.optim, self.total_steps = optim, total_steps
         self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.heldout = heldout
+        self.heldout_seconds = 0.0  # time spent on the held-out loss in this fit (result.json attempts)
         # SORSA layers whose vectors train get the regularizer (SVFit freezes them: nothing to regularize or log)
         self.has_regularized_layers = bool(regularized_layers(model))
         self.regularizer = (regularizer if self.has_regularized_layers else None) or Regularizer(0.0)
@@ -178,6 +184,9 @@ class FineTuneModule(L.LightningModule):
             "lr": self._window["lr"],
             "grad_norm": self._window["grad_norm"],
             "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
+            "heldout_loss": self._heldout_loss()
+            if self.heldout and self.heldout.due(step, self.total_steps)
+            else None,
         }
         self.last_metrics = metrics
         self._reset_window()
@@ -192,6 +201,16 @@ class FineTuneModule(L.LightningModule):
         self.log("loss", metrics["loss"], prog_bar=True, logger=False, batch_size=1)
         if self.metrics_path and self.global_rank == 0:
             self._append_metrics(metrics)
+
+    def _heldout_loss(self) -> float:
+        """Every rank computes it on the whole set, in the training precision (under FSDP on whole parameters,
+        gathered for the pass: the adapters' and the base model's, once more in memory)."""
+        context = self.trainer.precision_plugin.forward_context if self._trainer is not None else nullcontext
+        started = time.perf_counter()
+        with whole_model(self.model, self.fsdp_root(), every_rank=True) as model:
+            loss = heldout_loss(model, self.heldout.batches, self.device, context)
+        self.heldout_seconds += time.perf_counter() - started
+        return loss
 
     def _append_metrics(self, metrics: dict):
         new = not self.metrics_path.exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sorsa_repro.provenance import provenance
+from sorsa_repro.training.identity import run_seed
 
 
 def run_block(cfg: DictConfig) -> dict:
@@ -16,7 +17,7 @@ def run_block(cfg: DictConfig) -> dict:
         "experiment": cfg.experiment_name,
         "method": cfg.method.name,
         "rank": cfg.method.rank,
-        "seed": cfg.seed,
+        "seed": run_seed(cfg),
     }
     if cfg.variant:
         block["variant"] = str(cfg.variant).lstrip("-")
@@ -59,8 +60,7 @@ def protocol_block(cfg: DictConfig, data, total_steps: int, world: int) -> dict:
         "precision": cfg.train.precision,
         "warmup_ratio": cfg.train.warmup_ratio,
         "grad_clip": cfg.train.grad_clip,
-        "lr_multiplier": cfg.train.lr_multiplier,
-    }
+    }  # the learning rate is each method's (train.lr, train.lr_multiplier): runs compare across rates
 
 
 def fit_statistics(run_dir: Path, before: dict, attempt: dict, memory_scope: str) -> dict:
@@ -69,13 +69,18 @@ def fit_statistics(run_dir: Path, before: dict, attempt: dict, memory_scope: str
     attempts = [*before.get("attempts", []), {**attempt, "wall_time_s": attempt["fit_time_s"]}]
     rows = metric_rows(run_dir / "metrics.csv")
     last = rows[-1] if rows else {}
+    heldout = [r for r in rows if r.get("heldout_loss") not in (None, "")]
     return {
         "steps": attempt["end_step"],
         "final_loss": float(last["loss"]) if last.get("loss") not in (None, "") else None,
+        # the held-out loss at the last step (training/heldout.py), and at which steps it was measured
+        "heldout_loss": float(heldout[-1]["heldout_loss"]) if heldout else None,
+        "heldout_steps": [int(r["step"]) for r in heldout],
         "attempts": attempts,
         # continued from a checkpoint: an attempt that started after step 0 and trained
         "resumed": any(0 < a["start_step"] < a["end_step"] for a in attempts),
         "fit_time_s": round(sum(a["fit_time_s"] for a in attempts), 2),
+        "heldout_time_s": round(sum(a.get("heldout_time_s", 0.0) for a in attempts), 2),
         "wall_time_s": round(sum(a["wall_time_s"] for a in attempts), 2),
         "peak_memory_mb": max(a["peak_memory_mb"] for a in attempts),
         "peak_memory_scope": memory_scope,
@@ -87,6 +92,16 @@ def with_export_time(train: dict, wall_time_s: float) -> dict:
     attempts = train["attempts"]
     attempts[-1]["wall_time_s"] = round(wall_time_s, 2)
     return {"attempts": attempts, "wall_time_s": round(sum(a["wall_time_s"] for a in attempts), 2)}
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """metrics.csv with the training module's columns (a run without optimizer steps: the base model's)."""
+    from sorsa_repro.results import atomic_write_text
+    from sorsa_repro.training.module import METRIC_COLUMNS
+
+    lines = [",".join(METRIC_COLUMNS)]
+    lines += [",".join("" if row.get(c) is None else str(row[c]) for c in METRIC_COLUMNS) for row in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def metric_rows(path: Path) -> list[dict]:

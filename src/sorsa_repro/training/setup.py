@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sorsa_repro.methods import MethodConfig, apply_method, cast_residuals, count_parameters
 from sorsa_repro.training.distributed import build_strategy, is_global_zero
+from sorsa_repro.training.identity import run_seed
 from sorsa_repro.training.validate import training_settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def build_model(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     started = time.perf_counter()
-    model, _ = load_base_model(cfg.model.name, dtype=dtype, seed=cfg.seed, device=init_device(cfg))
+    # the seed only matters for the random test model; the base model's run is seed 0 (identity.run_seed)
+    model, _ = load_base_model(cfg.model.name, dtype=dtype, seed=run_seed(cfg), device=init_device(cfg))
     pretrained = _pretrained_spectra(cfg, model, dtype)
     method_started = time.perf_counter()
     if batches is not None or initial_adapter is not None:
@@ -66,8 +68,9 @@ def build_model(
     return model, pretrained, init_s, trainable, total, method_s
 
 
-def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path):
-    """The Lightning module that trains ``model`` with the method's learning rate and regularizer."""
+def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path, heldout=None):
+    """The Lightning module that trains ``model`` with the method's learning rate and regularizer, measuring
+    the held-out loss on ``heldout`` (``training.heldout.HeldOut``) when given."""
     from sorsa_repro.training.module import FineTuneModule
 
     optim, regularizer = training_settings(cfg)  # the same code that validated them
@@ -77,6 +80,7 @@ def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path):
         total_steps=total_steps,
         regularizer=regularizer,
         metrics_path=run_dir / "metrics.csv",
+        heldout=heldout,
     )
 
 

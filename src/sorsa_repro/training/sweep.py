@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sorsa_repro.results import UnreadableResultError, load_result
+from sorsa_repro.training.identity import untrained
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple
             problems.append(f"  {' '.join(job)}\n    -> {type(err).__name__}: {str(err).splitlines()[0]}")
             continue
         jobs.append((job, cfg))
-        folders.setdefault(str(cfg.run_dir), []).append(" ".join(job))
+        if not untrained(cfg):  # the base model's jobs are one run on purpose: later ones find it finished
+            folders.setdefault(str(cfg.run_dir), []).append(" ".join(job))
     if problems:
         raise ValueError(
             f"{len(problems)} of {len(all_jobs)} sweep jobs are invalid; nothing was run:\n"

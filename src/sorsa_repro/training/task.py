@@ -16,7 +16,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sorsa_repro.methods import MethodConfig, merge_model, save_adapter, save_sorsa_lora
+from sorsa_repro.methods import (
+    UNTRAINED_METHODS,
+    MethodConfig,
+    merge_model,
+    save_adapter,
+    save_sorsa_lora,
+)
 from sorsa_repro.results import (
     atomic_dir,
     atomic_write_text,
@@ -27,9 +33,16 @@ from sorsa_repro.results import (
     update_result,
 )
 from sorsa_repro.training.distributed import fsdp_root, is_global_zero, whole_model
+from sorsa_repro.training.heldout import HeldOut, heldout_loss
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.init_data import InitData, init_data, load_initial, save_initial
-from sorsa_repro.training.record import fit_statistics, run_block, start_record, with_export_time
+from sorsa_repro.training.record import (
+    fit_statistics,
+    run_block,
+    start_record,
+    with_export_time,
+    write_metrics,
+)
 from sorsa_repro.training.resources import peak_memory_mb, reset_peak_memory
 from sorsa_repro.training.setup import (
     build_loggers,
@@ -109,11 +122,12 @@ def prepare_training(cfg: DictConfig) -> PreparedRun:
         fields=cfg.data.get("fields"),  # your own data (conf/data/custom.yaml); None for the built-in sets
         split=cfg.data.get("split"),
         config=cfg.data.get("config"),
+        heldout_size=cfg.data.get("heldout_size", 0),
     )
     num_examples = data.num_train_examples  # loads and encodes: too-long prompts fail here
     per_step = cfg.train.batch_size * cfg.train.accumulate * world_size(cfg)
     steps = optimizer_steps(num_examples, cfg.train.batch_size, cfg.train.accumulate, world_size(cfg), 1)
-    if steps == 0:
+    if steps == 0 and method.name not in UNTRAINED_METHODS:
         raise ValueError(
             f"{num_examples} training examples of {cfg.data.name} make no optimizer step of {per_step} sequences "
             "(train.batch_size x train.accumulate x devices): use more data or a smaller batch"
@@ -179,13 +193,19 @@ def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
     )
     if batches is not None and is_global_zero():
         save_initial(run_dir, model.initial_adapter_state)  # before the first checkpoint
-    module = build_module(cfg, model, prepared.total_steps, run_dir)
+    if prepared.method.name in UNTRAINED_METHODS:
+        if is_global_zero():
+            counts = {"trainable_params": trainable, "total_params": total, "init_time_s": round(init_s, 2)}
+            _record_untrained(prepared, model, model_dtype, counts, started, memory_scope, before)
+        return
+    module = build_module(cfg, model, prepared.total_steps, run_dir, heldout_set(prepared))
     if is_global_zero():
         settings = {
             "trainable_params": trainable,
             "total_params": total,
             "init_time_s": round(init_s, 2),
             "lr": module.optim.lr,
+            "lr_multiplier": float(cfg.train.lr_multiplier),
             "ortho": module.regularizer.record(),
         }
         if batches is not None:  # the data pass of EVA/CorDA: what it read and what it cost (in init_time_s)
@@ -205,6 +225,7 @@ def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
         "init_time_s": round(init_s, 2),
         **({"init_data": "restored" if initial is not None else "read"} if prepared.init_data else {}),
         "fit_time_s": round(time.perf_counter() - started, 2),
+        "heldout_time_s": round(module.heldout_seconds, 2),
         "peak_memory_mb": peak_memory_mb(),
     }
     if trainer.is_global_zero:
@@ -215,6 +236,39 @@ def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
     if trainer.is_global_zero:
         train = load_result(run_dir)["train"]
         update_result(run_dir, {"train": with_export_time(train, time.perf_counter() - started)})
+
+
+def heldout_set(prepared: PreparedRun) -> HeldOut:
+    """The run's held-out rows in fixed batches, and when to measure them."""
+    train = prepared.cfg.train
+    batches = prepared.data.heldout_batches(int(train.get("heldout_batch_size", 16)))
+    return HeldOut(batches, int(train.get("heldout_every", 0)))
+
+
+def _record_untrained(prepared: PreparedRun, model, dtype: str, counts: dict, started, memory_scope, before):
+    """The base model's run: its held-out loss at step 0 (metrics.csv and result.json) and its merged export,
+    which evaluation reads like any run's."""
+    cfg, run_dir = prepared.cfg, prepared.run_dir
+    heldout = heldout_set(prepared)
+    measured = time.perf_counter()
+    loss = heldout_loss(model, heldout.batches) if heldout.batches else None
+    heldout_s = time.perf_counter() - measured
+    write_metrics(run_dir / "metrics.csv", [{"step": 0, "heldout_loss": loss}])
+    # its protocol is the experiment's (the budget the trained runs share), its own train block 0 steps
+    record = start_record(cfg, prepared, {**counts, "lr": None, "ortho": None}, dtype, 1)
+    update_result(run_dir, {**record, "train": {**record["train"], "total_steps": 0}})
+    attempt = {
+        "start_step": 0,
+        "end_step": 0,
+        "init_time_s": counts["init_time_s"],
+        "fit_time_s": round(time.perf_counter() - started, 2),
+        "heldout_time_s": round(heldout_s, 2),
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    update_result(run_dir, {"train": fit_statistics(run_dir, before, attempt, memory_scope)})
+    _export(model, prepared.tokenizer, cfg, run_dir, prepared.method)
+    train = load_result(run_dir)["train"]
+    update_result(run_dir, {"train": with_export_time(train, time.perf_counter() - started)})
 
 
 def _fit(trainer, module, prepared: PreparedRun, loggers: list) -> None:
@@ -233,7 +287,7 @@ def _fit(trainer, module, prepared: PreparedRun, loggers: list) -> None:
 
 
 def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
-    if cfg.train.save_adapter and method.name != "full":
+    if cfg.train.save_adapter and method.name not in ("full", *UNTRAINED_METHODS):
         with atomic_dir(run_dir / "adapter") as tmp:
             save_adapter(model, tmp, base_model=cfg.model.name)
     # adapter/ is SORSA's (and SVFit's) own format; this is peft's

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sorsa_repro.methods import MethodConfig, validate
+from sorsa_repro.methods import UNTRAINED_METHODS, MethodConfig, validate
 from sorsa_repro.results import load_result
 from sorsa_repro.training.distributed import build_strategy
 from sorsa_repro.training.identity import config_hash
@@ -81,6 +81,7 @@ def validate_config(cfg: DictConfig) -> MethodConfig:
         cfg.data.get("fields"),
         cfg.data.get("split") or "train",
         cfg.data.get("config"),
+        cfg.data.get("heldout_size", 0),
     )
     check_evaluation(cfg)
     check_run_folder(cfg)
@@ -90,7 +91,12 @@ def validate_config(cfg: DictConfig) -> MethodConfig:
 def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
     if cfg.train.precision not in PRECISIONS:
         raise ValueError(f"train.precision={cfg.train.precision!r}; use one of {list(PRECISIONS)}")
-    training_settings(cfg)
+    if method.name not in UNTRAINED_METHODS:  # the base model has no optimiser
+        training_settings(cfg)
+    for key, least in (("heldout_every", 0), ("heldout_batch_size", 1)):  # heldout_every 0: only at the end
+        value = cfg.train.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"train.{key} must be an integer >= {least}, got {value!r}")
     for key in ("batch_size", "accumulate", "epochs"):
         if cfg.train[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {cfg.train[key]}")
@@ -128,24 +134,28 @@ def data_seed(cfg: DictConfig) -> int:
     return cfg.seed if seed is None else seed
 
 
-def check_train_data(name: str, limit, data_dir, seed: int, fields=None, split="train", config=None) -> int:
-    """Load the training rows (once per distinct data config and process): missing files, malformed lines
-    (file:line), unmapped fields, an unreachable hub id and empty sets fail here. Returns the number of
-    examples. `fields`, `split`, `config`: your own data (conf/data/custom.yaml)."""
+def check_train_data(
+    name: str, limit, data_dir, seed: int, fields=None, split="train", config=None, heldout_size: int = 0
+) -> int:
+    """Load the training and held-out rows (once per distinct data config and process): missing files,
+    malformed lines (file:line), unmapped fields, an unreachable hub id, empty sets and too few rows left for
+    the held-out set fail here. Returns the number of training examples. `fields`, `split`, `config`: your own
+    data (conf/data/custom.yaml)."""
     from sorsa_repro.data import ENV_VAR, check_train_source
 
     check_train_source(name, fields)  # a bad name, file or mapping fails before any row is read
     mapping = tuple(sorted(dict(fields).items())) if fields is not None else None  # hashable for the cache
     data_dir = data_dir or os.environ.get(ENV_VAR) or None
-    return _count_train_examples(name, limit, data_dir, seed, mapping, split, config)
+    return _count_train_examples(name, limit, data_dir, seed, mapping, split, config, heldout_size)
 
 
 @cache
-def _count_train_examples(name: str, limit, data_dir, seed: int, fields, split, config) -> int:
-    from sorsa_repro.data import load_train_examples
+def _count_train_examples(name: str, limit, data_dir, seed: int, fields, split, config, heldout_size) -> int:
+    from sorsa_repro.data.heldout import split_train_heldout
 
     fields = dict(fields) if fields is not None else None
-    return len(load_train_examples(name, limit, data_dir, seed, fields, split, config))
+    train, _ = split_train_heldout(name, limit, heldout_size, data_dir, seed, fields, split, config)
+    return len(train)
 
 
 def check_evaluation(cfg: DictConfig) -> None:
