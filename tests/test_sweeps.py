@@ -49,9 +49,20 @@ def train(*args, cwd=ROOT):
 
 def test_sweep_files_expand_to_the_declared_jobs():
     jobs = sweep_jobs(compose_sweep("+sweep=paper_table", "experiment=mini"))
-    assert len(jobs) == 12  # 4 methods x 3 seeds
-    assert {j[0] for j in jobs} == {"method=full", "method=lora", "method=pissa", "method=sorsa"}
-    assert len(sweep_jobs(compose_sweep("+sweep=paper_table", "experiment=mini", "seed=0"))) == 4
+    assert len(jobs) == 15  # (the base model + 4 methods) x 3 seeds; the base model's 3 jobs share one run
+    assert {j[0] for j in jobs} == {
+        "method=base",
+        "method=full",
+        "method=lora",
+        "method=pissa",
+        "method=sorsa",
+    }
+    assert len(sweep_jobs(compose_sweep("+sweep=paper_table", "experiment=mini", "seed=0"))) == 5
+    claims = sweep_jobs(compose_sweep("+sweep=claims", "experiment=mini"))
+    assert len(claims) == 18 and {j[0] for j in claims} >= {"+arm=base", "+arm=sorsa_gamma0"}
+    study = sweep_jobs(compose_sweep("+sweep=lr_study", "experiment=mini_lr"))
+    assert len(study) == 6 * 4 * 3  # arms x learning-rate multipliers (1, 3, 10, 30) x seeds 100-102
+    assert {j[2] for j in study} == {"seed=100", "seed=101", "seed=102"}
     assert len(sweep_jobs(compose_sweep("+sweep=ranks", "experiment=mini"))) == 15
     ortho = sweep_jobs(compose_sweep("+sweep=ortho_modes", "experiment=mini"))
     assert sorted(j[1] for j in ortho) == [

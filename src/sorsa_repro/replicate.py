@@ -1,13 +1,16 @@
 """``make replicate-sorsa``: sweep, evaluate, tables, plots and a reproducibility verdict at one scale.
 
     python -m sorsa_repro.replicate scale=mini|small|paper|smoke [seeds=0,1] [extra Hydra overrides ...]
+    python -m sorsa_repro.replicate scale=mini_lr|small_lr      (make lr-study: the learning-rate study)
 
 Your runs go to ``results/<experiment>/`` and your report to ``paper_tables/local/<experiment>/`` (both
 git-ignored); the committed reference (``reference_runs/``, ``paper_tables/<experiment>/``) is only read,
 for the verdict. A maintainer refreshes it with ``update_reference=true``, which writes the runs to
 ``reference_runs/`` and the report to ``paper_tables/``. Each stage is its own command (the sweep is a real
 Hydra multirun), so an interrupted replication is finished by running the same command again: finished
-jobs are skipped. Exits non-zero when any job or stage failed.
+jobs are skipped. Exits non-zero when any job or stage failed. The claims report reads the committed
+learning-rate study of the scale (``reference_runs/<experiment>_lr``: the study whose selected rates the
+sweep trains at) for the verdicts at the paper's rates and across the grid.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from sorsa_repro.layout import (
 )
 from sorsa_repro.results import atomic_write_json
 
-# scale -> experiment config, sweep (conf/sweep/), seeds
+# scale -> experiment config, sweep (conf/sweep/), seeds; <scale>_lr: the scale's learning-rate study, on
+# seeds of its own (the claims' are 0-2), whose selection sets the scale's rates (conf/experiment/<scale>.yaml)
 SCALES = {
     "smoke": {"experiment": "smoke", "sweep": "claims", "seeds": "0"},
     "mini": {"experiment": "mini", "sweep": "claims", "seeds": "0,1,2"},
     "small": {"experiment": "small", "sweep": "claims", "seeds": "0,1,2"},
     "paper": {"experiment": "paper_llama2_7b", "sweep": "paper_table", "seeds": "42"},
+    "mini_lr": {"experiment": "mini_lr", "sweep": "lr_study", "seeds": "100,101,102"},
+    "small_lr": {"experiment": "small_lr", "sweep": "lr_study", "seeds": "100"},
 }
 CLI = KeyValueCli(
     prog="python -m sorsa_repro.replicate",
@@ -68,6 +74,7 @@ def stages(scale: str, seeds: str | None, overrides: list[str], dirs: dict, verd
         f"results_dir={dirs['results']}",
         f"out_dir={dirs['out']}",
         f"seeds={seeds}",
+        f"lr_study_dir={dirs['reference']}",  # the committed study, whose selected rates the sweep trains at
     ]
     sweep = [py, "-m", "sorsa_repro.train", f"+sweep={spec['sweep']}", f"experiment={exp}", f"seed={seeds}"]
     steps = [
@@ -92,17 +99,15 @@ def outcome(report_dir: Path, runs_dir: Path) -> str:
         blocks = main_table.read_text(encoding="utf-8").split("\n\n")
         table = next((b for b in blocks if b.startswith("|")), "")
         lines += ["", "main table (accuracy %, strict extraction; all tables: main_table.md):", table]
-    claims = report_dir / "claims.md"
-    if claims.is_file():
-        lines += ["", "the paper's claims at this scale (claims.md):"]
-        for row in claims.read_text(encoding="utf-8").splitlines():
-            cells = [c.strip() for c in row.strip().strip("|").split("|")]
-            if (
-                len(cells) == 8 and cells[0].isdigit()
-            ):  # claim, comparison, statistic, A, B, diff, seeds, verdict
-                lines.append(
-                    f"  {cells[0]}  {cells[1]:<34} {cells[2].split(';')[0]:<48} {cells[7].replace('**', '')}"
-                )
+    study = report_dir / "lr_study.md"  # a learning-rate study: its held-out losses and selection
+    if study.is_file():
+        table = next((b for b in study.read_text(encoding="utf-8").split("\n\n") if b.startswith("|")), "")
+        lines += [
+            "",
+            "held-out loss per arm and learning-rate multiplier, selected in bold (lr_study.md):",
+            table,
+        ]
+    lines += _claims_outcome(report_dir / "claims.md")
     unfinished = []
     for result in sorted(runs_dir.glob("*/result.json")):
         stages = json.loads(result.read_text(encoding="utf-8"))
@@ -116,6 +121,44 @@ def outcome(report_dir: Path, runs_dir: Path) -> str:
     if unfinished:
         lines += ["", "runs that did not finish (run the same command again to resume them):", *unfinished]
     return "\n".join(lines)
+
+
+def _claims_outcome(claims: Path) -> list[str]:
+    """Each claim's verdict (at both learning-rate settings when the scale has a study) and, per claim,
+    whether it holds across the study's grid."""
+    if not claims.is_file():
+        return []
+    lines = ["", "the paper's claims at this scale (claims.md):"]
+    text = claims.read_text(encoding="utf-8")
+    both = "### Each claim at both learning-rate settings" in text
+    if both:
+        text = text.split("### Each claim at both learning-rate settings", 1)[1]
+        lines.append(
+            f"  {'':3}{'comparison':<30} {'statistic':<34} {'paper rates':<14} {'selected rates':<14} grid"
+        )
+    for row in text.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if not cells[0].isdigit():
+            continue
+        if both and len(cells) == 6:  # claim, comparison, statistic, paper's rates, selected rates, grid
+            paper, chosen = (c.split(":")[0].replace("*", "") for c in cells[3:5])
+            lines.append(
+                f"  {cells[0]}  {cells[1]:<30} {cells[2][:34]:<34} {paper:<14} {chosen:<14} {cells[5]}"
+            )
+        elif not both and len(cells) == 8:  # claim, comparison, statistic, A, B, diff, seeds, verdict
+            lines.append(
+                f"  {cells[0]}  {cells[1]:<34} {cells[2].split(';')[0]:<48} {cells[7].replace('**', '')}"
+            )
+    if both:
+        across = (
+            text.split("### Across the learning-rate grid", 1)[-1].split("###", 1)[0].strip().splitlines()
+        )
+        lines += [
+            "",
+            "across the learning-rate grid:",
+            *[f"  {line.replace('**', '')}" for line in across if line],
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

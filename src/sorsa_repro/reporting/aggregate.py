@@ -2,8 +2,9 @@
 
 Reads only ``results/<experiment>/<run>/{result.json,config.yaml,metrics.csv}``. Runs are grouped
 by (method, rank, variant), where the variant is every key of result.json's "run" block besides
-experiment/method/rank/seed (e.g. ``ortho_mode`` or ``gamma`` in a sweep), so sweep variants are
-never averaged together.
+experiment/method/rank/seed (e.g. ``ortho_mode`` or ``gamma`` in a sweep), and the learning-rate multiplier
+where one method ran at several (a learning-rate study), so sweep variants are never averaged together.
+A run counts ("ok") once its training finished; its accuracies enter where it was evaluated.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from sorsa_repro.results import RESULT_FILE, UnreadableResultError, load_result
 
 RUN_KEYS = ("experiment", "method", "rank", "seed")
 GROUP_KEYS = ["method", "rank", "variant"]
-METHOD_ORDER = ["full", "lora", "pissa", "sorsa"]  # paper order; other methods follow alphabetically
+METHOD_ORDER = ["base", "full", "lora", "pissa", "sorsa"]  # the floor, paper order; others alphabetically
 METHOD_NAMES = {
+    "base": "Base model (untrained)",
     "full": "Full FT",
     "lora": "LoRA",
     "pissa": "PiSSA",
@@ -39,6 +41,7 @@ METHOD_NAMES = {
     "svfit": "SVFit",
     "peft": "PEFT config",  # method=peft: any peft adapter config; its file name is the variant
 }  # one per name in methods.config.METHODS (a test checks)
+SEEDLESS = ("base",)  # methods.config.UNTRAINED_METHODS: one run whatever the seed (seed 0)
 BENCH_ORDER = list(BENCHMARKS)
 GRADER_ORDER = ["metamath", "numeric", "lenient", "math_verify"]  # metamath first: the paper's comparison
 MODES = ("strict", "flexible")
@@ -61,8 +64,9 @@ def bench_name(bench: str) -> str:
 
 
 def shown_rank(method: str, rank: int | None) -> int | None:
-    """The rank a table or label shows: none for full fine-tuning (its runs' configs still carry one)."""
-    return rank if rank and method != "full" else None
+    """The rank a table or label shows: none for full fine-tuning and the base model (their configs still carry
+    one)."""
+    return rank if rank and method not in ("full", *SEEDLESS) else None
 
 
 def group_label(method: str, rank: int | None = None, variant: str = "") -> str:
@@ -81,6 +85,7 @@ class Run:
     result: dict
     config: dict = field(default_factory=dict)
     problem: str | None = None  # why the folder's files could not be read (the run is then left out)
+    lr_split: bool = False  # its method ran at several learning rates here: the multiplier joins the variant
 
     @property
     def name(self) -> str:
@@ -107,9 +112,33 @@ class Run:
         return None if seed is None else int(seed)
 
     @property
-    def variant(self) -> str:
+    def arm(self) -> str:
+        """The variant without the learning rate: what a run is at every rate of a learning-rate study."""
         extra = {k: v for k, v in self.info.items() if k not in RUN_KEYS}
         return ", ".join(f"{k}={extra[k]}" for k in sorted(extra))
+
+    @property
+    def variant(self) -> str:
+        lr = f"lr x{self.lr_multiplier:g}" if self.lr_split and self.lr_multiplier is not None else ""
+        return ", ".join(v for v in (lr, self.arm) if v)
+
+    @property
+    def lr_multiplier(self) -> float | None:
+        """train.lr_multiplier (older runs: in their protocol block)."""
+        value = self.result.get("train", {}).get("lr_multiplier")
+        if value is None:
+            value = self.result.get("protocol", {}).get("train", {}).get("lr_multiplier")
+        return None if value is None else float(value)
+
+    @property
+    def lr(self) -> float | None:
+        return self.result.get("train", {}).get("lr")
+
+    @property
+    def heldout_loss(self) -> float | None:
+        """The held-out loss at the run's last step (training/heldout.py)."""
+        value = self.result.get("train", {}).get("heldout_loss")
+        return None if value is None else float(value)
 
     @property
     def status(self) -> str:
@@ -124,8 +153,8 @@ class Run:
             return f"training failed ({error[-1] if error else ''})"
         if train.get("status") in ("running", "interrupted"):
             return "still running" if train["status"] == "running" else "training interrupted"
-        if not any(ev.get("scores") for ev in self.result.get("eval", {}).values()):
-            return "no eval results"
+        if train.get("status") != "finished":
+            return "not trained"
         return "ok"
 
     @cached_property
@@ -148,6 +177,17 @@ def collect_runs(exp_dir: str | Path) -> list[Run]:
         runs.append(read_run(path))
     if not runs:
         raise FileNotFoundError(f"no run folders under {exp_dir}")
+    return mark_lr_splits(runs)
+
+
+def mark_lr_splits(runs: list[Run]) -> list[Run]:
+    """Runs of a (method, rank, variant) that ran at several learning-rate multipliers get theirs in the
+    variant, so different rates are never averaged together."""
+    rates: dict[tuple, set] = {}
+    for run in runs:
+        rates.setdefault((run.method, run.rank, run.arm), set()).add(run.lr_multiplier)
+    for run in runs:
+        run.lr_split = len(rates[(run.method, run.rank, run.arm)]) > 1
     return runs
 
 
@@ -215,26 +255,31 @@ def _sort_groups(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _seed_groups(ok: list[Run], expected_seeds: list[int] | None, notes: list[str]) -> pd.DataFrame:
-    """One row per (method, rank, variant): its seeds, the missing ones and its trainable parameters; notes
-    what is missing or inconsistent."""
+    """One row per (method, rank, variant): its seeds, the missing ones, its trainable parameters, learning
+    rate and held-out loss (mean, sample std over seeds); notes what is missing or inconsistent."""
     per_run = pd.DataFrame(
         [
-            (r.method, r.rank, r.variant, r.seed, r.result.get("train", {}).get("trainable_params"))
+            (r.method, r.rank, r.variant, r.seed, r.result.get("train", {}).get("trainable_params"), r.lr,
+             r.lr_multiplier, r.heldout_loss)
             for r in ok
         ],
-        columns=[*GROUP_KEYS, "seed", "params"],
-    )
+        columns=[*GROUP_KEYS, "seed", "params", "lr", "lr_multiplier", "heldout"],
+    )  # fmt: skip
     want = set(expected_seeds) if expected_seeds else set(per_run["seed"].dropna())
     groups = []
-    for key, g in per_run.groupby(GROUP_KEYS, sort=False):
+    for key, g in per_run.groupby(GROUP_KEYS, sort=False, dropna=False):
         seeds = sorted(s for s in g["seed"].dropna().astype(int).unique())
-        missing = sorted(want - set(seeds))
+        missing = sorted(want - set(seeds)) if key[0] not in SEEDLESS else []
         label = group_label(*key)
         params = sorted(g["params"].dropna().astype(int).unique())
+        rates = sorted(g["lr"].dropna().unique())
         if missing:
             notes.append(f"{label}: {len(seeds)} of {len(want)} seeds; missing seed(s) {_join(missing)}")
         if len(params) > 1:
             notes.append(f"{label}: trainable params differ between seeds ({_join(params)})")
+        if len(rates) > 1:
+            notes.append(f"{label}: learning rates differ between seeds ({_join(rates)})")
+        heldout = g["heldout"].dropna()
         groups.append(
             {
                 **dict(zip(GROUP_KEYS, key, strict=True)),
@@ -243,9 +288,16 @@ def _seed_groups(ok: list[Run], expected_seeds: list[int] | None, notes: list[st
                 "seeds": _join(seeds),
                 "missing": _join(missing),
                 "trainable_params": params[0] if params else None,
+                "lr": rates[0] if rates else None,
+                "lr_multiplier": g["lr_multiplier"].dropna().iloc[0]
+                if g["lr_multiplier"].notna().any()
+                else None,
+                "heldout_mean": heldout.mean() if len(heldout) else None,
+                "heldout_std": heldout.std() if len(heldout) > 1 else None,
             }
         )
-    columns = [*GROUP_KEYS, "label", "n_seeds", "seeds", "missing", "trainable_params"]
+    columns = [*GROUP_KEYS, "label", "n_seeds", "seeds", "missing", "trainable_params", "lr", "lr_multiplier",
+               "heldout_mean", "heldout_std"]  # fmt: skip
     return _sort_groups(pd.DataFrame(groups, columns=columns))
 
 
@@ -261,6 +313,9 @@ def summarize(
     if check:
         check_protocol(ok)
     notes = [f"{r.name}: {r.status}; not included" for r in runs if r.status != "ok"]
+    evaluated = [r for r in ok if any(ev.get("scores") for ev in r.result.get("eval", {}).values())]
+    if evaluated:  # in an evaluated experiment, a run that was not is a gap in the accuracy tables
+        notes += [f"{r.name}: no eval results; in the loss columns only" for r in ok if r not in evaluated]
     scores = pd.DataFrame([row for r in ok for row in _score_rows(r)])
     if scores.empty:
         scores = pd.DataFrame(columns=[*GROUP_KEYS, "run", "seed", "benchmark", "grader", "mode", "acc"])

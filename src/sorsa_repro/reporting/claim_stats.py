@@ -60,6 +60,12 @@ def steps_to_half_loss(run: Run) -> float | None:
     return float(reached["step"].iloc[0]) if len(reached) else float(m["step"].iloc[-1] + 1)
 
 
+def final_heldout(run: Run) -> float | None:
+    """The held-out loss at the run's last step; None when not measured (or not finite: a diverged run)."""
+    value = run.heldout_loss
+    return value if value is not None and math.isfinite(value) else None
+
+
 def final_penalty(run: Run) -> float | None:
     m = run.metrics
     if m is None or "ortho_penalty" not in m or m["ortho_penalty"].dropna().empty:

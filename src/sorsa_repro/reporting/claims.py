@@ -2,14 +2,16 @@
 
 Statistics fixed before any result was seen (and written into claims.md):
 
-1. Convergence: per run, the mean training loss over the last quarter of its optimizer steps, and the
-   first step at which the loss is at most half its step-1 value (a run that never gets there counts as
-   its last step + 1). SORSA against PiSSA, LoRA and full FT; lower is the claim.
+1. Convergence: per run, the held-out loss at its last step (rows never trained on: training/heldout.py),
+   the mean training loss over the last quarter of its optimizer steps, and the first step at which the
+   loss is at most half its step-1 value (a run that never gets there counts as its last step + 1). SORSA
+   against PiSSA, LoRA and full FT; lower is the claim.
 2. Weight change in the SVD view (spectral.csv at each run's last recorded step, mean over the adapted
    matrices): d_sigma_rel (mean |change of singular values| / mean singular value) and d_d (1 - mean
    alignment of singular vectors). SORSA against LoRA, PiSSA and full FT; lower is the claim.
 3. The regularizer: each SORSA variant with gamma > 0 against SORSA with gamma = 0 (the ``gamma0``
-   variant): final orthonormal penalty (lower), last-quarter loss (lower), accuracy (higher).
+   variant): final orthonormal penalty (lower), held-out loss and last-quarter loss (lower), accuracy
+   (higher).
 4. Accuracy (strict extraction, each benchmark's first grader): SORSA > PiSSA > full FT > LoRA, as
    consecutive pairs; per method the pooled accuracy with a Wilson 95% interval.
 
@@ -18,18 +20,19 @@ difference A - B over seeds with a two-sided 95% Student-t interval (sample std,
 **supported** when the interval lies entirely on the claimed side of zero, **contradicted** when entirely
 on the other, **inconclusive** otherwise, with fewer than 2 paired seeds, or for accuracies at a floor or
 ceiling (every run 0% or 100%). Accuracy rows also give an exact McNemar test on the same problems,
-pooled over seeds. Generated only from the run folders; deterministic.
+pooled over seeds. Generated only from the run folders; deterministic. The claims file itself, with each
+verdict at the paper's and at the selected learning rates, is written by ``claims_report``.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
 from sorsa_repro.evaluation.summary import wilson
 from sorsa_repro.reporting.aggregate import Run, Summary, group_label
 from sorsa_repro.reporting.claim_stats import (
+    final_heldout,
     final_penalty,
     last_quarter_loss,
     mcnemar_p,
@@ -38,11 +41,14 @@ from sorsa_repro.reporting.claim_stats import (
     spectral_final,
     steps_to_half_loss,
 )
-from sorsa_repro.results import atomic_write_text
 
-CLAIMS_FILE = "claims.md"
 GAMMA0 = "variant=gamma0"
 MCNEMAR_ALPHA = 0.05  # an accuracy verdict also needs the paired test on the same problems below this
+
+
+def verdict_word(text: str) -> str:
+    """supported | contradicted | inconclusive, from a verdict as the tables write it."""
+    return text.strip("*").split(" ")[0] if text.startswith("**") else "inconclusive"
 
 
 def verdict(interval: tuple[float, float, float] | None, lower_is_claim: bool) -> str:
@@ -69,28 +75,34 @@ class Row:
     seeds: int
     verdict: str
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What the row tests, the same at every learning rate: claim, comparison, statistic's name."""
+        return self.claim, self.comparison, self.statistic.split(";")[0]
 
-def _groups(summary: Summary) -> dict[str, dict[int, Run]]:
-    """Label -> seed -> run, for finished runs: "sorsa", "pissa", ..., "sorsa [variant=gamma0]"."""
-    ranks = [r.rank for r in summary.runs if r.rank]
+
+def groups(runs: list[Run]) -> dict[str, dict[int, Run]]:
+    """Label -> seed -> run, for finished runs: "sorsa", "pissa", ..., "sorsa [variant=gamma0]" (the arm:
+    the variant without a learning rate, so that runs at one rate of a study compare as the claims sweep's)."""
+    ranks = [r.rank for r in runs if r.rank and r.method != "base"]
     main_rank = max(set(ranks), key=ranks.count) if ranks else 0
     out: dict[str, dict[int, Run]] = {}
-    for run in summary.runs:
+    for run in runs:
         if run.result.get("train", {}).get("status") != "finished" or run.seed is None:
             continue
         if run.rank and run.rank != main_rank:
             continue
-        label = run.method + (f" [{run.variant}]" if run.variant else "")
+        label = run.method + (f" [{run.arm}]" if run.arm else "")
         out.setdefault(label, {})[run.seed] = run
     return out
 
 
-def _label(group: str) -> str:
+def arm_label(group: str) -> str:
     method, _, variant = group.partition(" [")
     return group_label(method, variant=variant.removesuffix("]"))
 
 
-def _fmt(values: list[float], digits: int) -> str:
+def fmt_values(values: list[float], digits: int) -> str:
     if not values:
         return "–"
     mean = statistics.fmean(values)
@@ -113,8 +125,8 @@ def compare(groups, a: str, b: str, stat, name: str, claim: str, lower: bool, di
         else f"{interval[0]:+.{digits}f} [{interval[1]:+.{digits}f}, {interval[2]:+.{digits}f}]"
     )
     sign = "<" if lower else ">"
-    return Row(claim, f"{_label(a)} {sign} {_label(b)}", name, _fmt([x for x, _ in pairs], digits),
-               _fmt([y for _, y in pairs], digits), diff, len(pairs), verdict(interval, lower))  # fmt: skip
+    return Row(claim, f"{arm_label(a)} {sign} {arm_label(b)}", name, fmt_values([x for x, _ in pairs], digits),
+               fmt_values([y for _, y in pairs], digits), diff, len(pairs), verdict(interval, lower))  # fmt: skip
 
 
 def accuracy_rows(groups, summary: Summary, a: str, b: str, claim: str) -> list[Row]:
@@ -148,7 +160,7 @@ def accuracy_rows(groups, summary: Summary, a: str, b: str, claim: str) -> list[
             if outcome.startswith("**") and p >= MCNEMAR_ALPHA:  # a few problems can give a 0-width interval
                 outcome = f"inconclusive (paired test on the same problems: McNemar p = {p:.2f})"
         diff = "–" if interval is None else f"{interval[0]:+.1f} [{interval[1]:+.1f}, {interval[2]:+.1f}] pp"
-        rows.append(Row(claim, f"{_label(a)} > {_label(b)}", f"{bench} accuracy ({grader}, strict); McNemar "
+        rows.append(Row(claim, f"{arm_label(a)} > {arm_label(b)}", f"{bench} accuracy ({grader}, strict); McNemar "
                         f"p = {p:.3f} ({a_only} vs {b_only} discordant)", _pooled(per_seed, 0), _pooled(per_seed, 1), diff,
                         len(per_seed), outcome))  # fmt: skip
     return rows
@@ -162,10 +174,13 @@ def _pooled(per_seed: list[tuple[dict, dict]], side: int) -> str:
     return f"{100 * k / n:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({k}/{n})"
 
 
-def claim_rows(summary: Summary) -> list[Row]:
-    g = _groups(summary)
+def claim_rows(summary: Summary, runs: list[Run] | None = None) -> list[Row]:
+    """Every claim's rows on ``runs`` (default: all of the summary's; a learning-rate study passes the runs of
+    one rate)."""
+    g = groups(summary.runs if runs is None else runs)
     rows: list[Row | None] = []
     for other in ("pissa", "lora", "full"):
+        rows.append(compare(g, "sorsa", other, final_heldout, "held-out loss, last step", "1", True))
         rows.append(
             compare(g, "sorsa", other, last_quarter_loss, "mean loss, last quarter of steps", "1", True)
         )
@@ -180,6 +195,7 @@ def claim_rows(summary: Summary) -> list[Row]:
     for variant in sorted(k for k in g if k.startswith("sorsa") and GAMMA0 not in k):
         gamma0 = f"sorsa [{GAMMA0}]"
         rows.append(compare(g, variant, gamma0, final_penalty, "final orthonormal penalty", "3", True, 5))
+        rows.append(compare(g, variant, gamma0, final_heldout, "held-out loss, last step", "3", True))
         rows.append(
             compare(g, variant, gamma0, last_quarter_loss, "mean loss, last quarter of steps", "3", True)
         )
@@ -187,51 +203,3 @@ def claim_rows(summary: Summary) -> list[Row]:
     for a, b in (("sorsa", "pissa"), ("pissa", "full"), ("full", "lora")):
         rows += accuracy_rows(g, summary, a, b, "4")
     return [r for r in rows if r is not None]
-
-
-CLAIM_TEXT = {
-    "1": "SORSA's training loss falls faster than PiSSA's and LoRA's (full FT the other reference)",
-    "2": "SORSA changes the pretrained singular values and vectors less than LoRA, PiSSA and full FT",
-    "3": "the orthonormal regularizer keeps U, V near-orthonormal and helps (gamma > 0 vs gamma = 0)",
-    "4": "accuracy: SORSA > PiSSA > full FT > LoRA on GSM8K and MATH",
-}
-
-
-def to_markdown(summary: Summary, rows: list[Row], caveat: str) -> str:
-    header = [
-        f"## The paper's claims at this scale ({summary.experiment})\n",
-        f"*{caveat}*\n",
-        "Statistics fixed in advance (`sorsa_repro/reporting/claims.py`): convergence = mean loss over the last "
-        "quarter of steps and steps to half the step-1 loss; weight change = ΔΣ relative and ΔD at the last "
-        "recorded step, mean over adapted matrices; regularizer = final penalty, last-quarter loss and accuracy "
-        "against SORSA with gamma = 0; accuracy = strict, each benchmark's first grader, Wilson 95% interval "
-        "pooled over seeds. A and B: mean ± sample std over seeds. Differences A − B are paired by seed, with "
-        "a 95% Student-t interval. Verdicts: supported / contradicted when the interval excludes 0 (for "
-        "accuracy also the exact McNemar test on the same problems at p < 0.05), else inconclusive.\n",
-        "| claim | comparison | statistic | A | B | A − B [95% CI] | seeds | verdict |",
-        "|:--|:--|:--|--:|--:|--:|--:|:--|",
-    ]
-    body = [f"| {r.claim} | {r.comparison} | {r.statistic} | {r.a} | {r.b} | {r.difference} | {r.seeds} | "
-            f"{r.verdict} |" for r in rows]  # fmt: skip
-    claims = [f"{k}. {v}" for k, v in CLAIM_TEXT.items()]
-    missing = [k for k in CLAIM_TEXT if not any(r.claim == k for r in rows)]
-    notes = [f"\nNo runs to test claim {', '.join(missing)} in this experiment."] if missing else []
-    return "\n".join([*header, *body, "", "Claims (arXiv 2409.00055):", "", *claims, *notes]) + "\n"
-
-
-DEFAULT_NOTE = (
-    "A check at this experiment's scale: what holds here need not hold for Llama-2-7B on MetaMathQA, and "
-    "the other way round."
-)
-
-
-def scale_note(summary: Summary) -> str:
-    """The experiment's own caveat (``scale_note`` in its config), else a general one."""
-    notes = [r.config.get("scale_note") for r in summary.runs if r.config.get("scale_note")]
-    return notes[0] if notes else DEFAULT_NOTE
-
-
-def write_claims(summary: Summary, out_dir: str | Path, caveat: str) -> Path:
-    path = Path(out_dir) / CLAIMS_FILE
-    atomic_write_text(path, to_markdown(summary, claim_rows(summary), caveat))
-    return path

@@ -23,8 +23,10 @@ from pathlib import Path
 from sorsa_repro.cli_args import KeyValueCli
 from sorsa_repro.layout import LOCAL_TABLES_DIR, PAPER_NUMBERS, REFERENCE_RUNS_DIR, RESULTS_DIR
 from sorsa_repro.reporting.aggregate import load_experiment
-from sorsa_repro.reporting.claims import scale_note, write_claims
-from sorsa_repro.reporting.figures import write_figures
+from sorsa_repro.reporting.claims_report import scale_note, write_claims
+from sorsa_repro.reporting.figures import STYLE, save_figure, write_figures
+from sorsa_repro.reporting.lr_report import SENSITIVITY, sensitivity_figure, write_study_report
+from sorsa_repro.reporting.lr_study import load_study, study_experiment
 from sorsa_repro.reporting.protocol import ProtocolMismatchError
 from sorsa_repro.reporting.readme import write_readme
 from sorsa_repro.reporting.reference import load_reference
@@ -43,6 +45,9 @@ class ReportArgs:
     reference: str = str(PAPER_NUMBERS)
     reference_runs: str = REFERENCE_RUNS_DIR
     seeds: str = ""
+    lr_study_dir: str = (
+        ""  # where <experiment>_lr lies; default: results_dir if it holds one, else reference_runs
+    )
 
 
 CLI = KeyValueCli(
@@ -63,6 +68,8 @@ CLI = KeyValueCli(
         "reference": "the paper's numbers (default paper_tables/reference.yaml)",
         "reference_runs": f"the committed runs verdict compares with (default {REFERENCE_RUNS_DIR})",
         "seeds": "the seeds you expect, e.g. 0,1,2 (a missing one is reported)",
+        "lr_study_dir": "the folder holding <experiment>_lr, the learning-rate study whose paper-rate runs and grid "
+        "claims.md reports (default: results_dir when it holds one, else reference_runs)",
     },
 )
 
@@ -81,12 +88,22 @@ def run_command(command: str, args: ReportArgs) -> list[Path]:
     seeds = [int(s) for s in args.seeds.strip("[]").split(",") if s.strip()] or None
     summary = load_experiment(args.results_dir, args.experiment, seeds)
     reference = load_reference(args.reference)
+    is_study = any(r.lr_split for r in summary.runs)  # one method at several rates: a learning-rate study
+    study = None if is_study else load_study(study_dir(args), args.experiment)
     written = []
     if command in ("tables", "all"):
         written += write_tables(summary, reference, out_dir)
-        written.append(write_claims(summary, out_dir, scale_note(summary)))
+        if is_study:
+            written += write_study_report(summary, out_dir)
+        else:
+            written.append(write_claims(summary, out_dir, scale_note(summary), study))
     if command in ("plots", "all"):
         written += write_figures(summary, out_dir)
+        if study is not None:  # the study's sensitivity figure beside this experiment's curves
+            import matplotlib.style
+
+            with matplotlib.style.context(["default", STYLE]):
+                written += save_figure(sensitivity_figure(study), out_dir, SENSITIVITY)
     if command == "analysis":
         written += write_spectral_figures(summary, out_dir)
     if command == "verdict":
@@ -94,6 +111,14 @@ def run_command(command: str, args: ReportArgs) -> list[Path]:
         written += write_verdict(verdict, out_dir)
         print(to_markdown(verdict))
     return [*written, write_readme(summary, reference, out_dir, args.results_dir)]
+
+
+def study_dir(args: ReportArgs) -> str:
+    """Where the experiment's learning-rate study is read from (see ``ReportArgs.lr_study_dir``)."""
+    if args.lr_study_dir:
+        return args.lr_study_dir
+    own = Path(args.results_dir) / study_experiment(args.experiment)
+    return args.results_dir if own.is_dir() else args.reference_runs
 
 
 def main(argv: list[str] | None = None) -> int:

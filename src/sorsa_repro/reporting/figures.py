@@ -37,6 +37,8 @@ CAPTIONS = {
     "ortho_penalty": "SORSA orthonormal penalty (mean over adapted matrices of ||UᵀU − I||_F and "
     "||VᵀV − I||_F, as logged in metrics.csv) against optimizer step: mean over seeds, band = min–max; "
     f"{_SMOOTH}.",
+    "heldout_loss": "Held-out loss (rows never trained on) against optimizer step, at the steps where it was "
+    "measured: mean over seeds (markers), band = min–max; not smoothed; dashed = the untrained base model.",
     "accuracy_vs_rank": "Accuracy (%) against rank, strict answer extraction, grader named in each panel: "
     "mean over seeds, error bars = sample standard deviation (ddof=1; none with one seed).",
 }
@@ -87,6 +89,23 @@ def _curve_figure(curves: dict, colors: dict, ylabel: str, title: str) -> Figure
     return fig
 
 
+def heldout_curves(runs: list[Run]) -> dict[tuple, pd.DataFrame]:
+    """Per group (the base model left out): the held-out loss at the measured steps, mean/min/max over seeds."""
+    return seed_curves([r for r in runs if r.method != "base"], "heldout_loss", span=1)
+
+
+def _heldout_figure(curves: dict, colors: dict, floor: float | None, title: str) -> Figure:
+    fig = _curve_figure(curves, colors, "held-out loss", title)
+    ax = fig.axes[0]
+    for line in ax.get_lines():
+        line.set_marker("o")
+        line.set_markersize(3)
+    if floor is not None:
+        ax.axhline(floor, color="0.4", ls="--", lw=1, label="base model (untrained)")
+        ax.legend(frameon=False)
+    return fig
+
+
 def _rank_figure(summary: Summary) -> Figure:
     benches = summary.benchmarks
     fig = Figure(figsize=(3.6 * len(benches), 3.4))
@@ -131,7 +150,7 @@ def save_figure(fig: Figure, out_dir: Path, stem: str, **savefig) -> list[Path]:
 
 
 def write_figures(summary: Summary, out_dir: str | Path) -> list[Path]:
-    """loss, ortho_penalty (when logged) and accuracy_vs_rank (several ranks) as PNG and PDF."""
+    """loss, held-out loss, ortho_penalty (when logged) and accuracy_vs_rank (several ranks) as PNG and PDF."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [r for r in summary.runs if _trained(r)]
@@ -144,6 +163,10 @@ def write_figures(summary: Summary, out_dir: str | Path) -> list[Path]:
             figures["loss"] = _curve_figure(
                 curves, colors, "training loss", f"{summary.experiment}: training loss"
             )
+        if curves := heldout_curves(runs):
+            base = [r.heldout_loss for r in runs if r.method == "base" and r.heldout_loss is not None]
+            title = f"{summary.experiment}: held-out loss"
+            figures["heldout_loss"] = _heldout_figure(curves, colors, base[0] if base else None, title)
         if curves := seed_curves(runs, "ortho_penalty"):
             title = f"{summary.experiment}: orthonormal penalty"
             figures["ortho_penalty"] = _curve_figure(curves, colors, "orthonormal penalty", title)

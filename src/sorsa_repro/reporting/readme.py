@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from sorsa_repro.reporting.aggregate import Run, Summary, bench_name
-from sorsa_repro.reporting.claims import CLAIMS_FILE
+from sorsa_repro.reporting.claims_report import CLAIMS_FILE
 from sorsa_repro.reporting.figures import CAPTIONS
+from sorsa_repro.reporting.lr_report import SENSITIVITY, SENSITIVITY_CAPTION, STUDY_FILE
 from sorsa_repro.reporting.protocol import EVAL_KEYS, shared_protocol
 from sorsa_repro.reporting.reproducibility import VERDICT_FILE
 from sorsa_repro.reporting.table_format import Table, to_markdown
@@ -153,20 +154,24 @@ def write_readme(
         )
     if ranks := rank_tables(summary):
         parts.append("## Accuracy against rank\n\n" + "\n".join(map(to_markdown, ranks)))
-    figures = [s for s in CAPTIONS if (out_dir / f"{s}.png").exists()]
+    study = (out_dir / STUDY_FILE).exists()  # a learning-rate study's report shows its own figure
+    captions = {**CAPTIONS, **({} if study else {SENSITIVITY: SENSITIVITY_CAPTION})}
+    figures = [s for s in captions if (out_dir / f"{s}.png").exists()]
     if figures:
         parts.append(
             "## Figures\n\n"
-            + "\n".join(f"![{s}]({s}.png)\n\n*{CAPTIONS[s]}* ([PDF]({s}.pdf))\n" for s in figures)
+            + "\n".join(f"![{s}]({s}.png)\n\n*{captions[s]}* ([PDF]({s}.pdf))\n" for s in figures)
         )
-    for section in (CLAIMS_FILE, VERDICT_FILE):  # the paper's claims; your runs against the reference
+    # the study's selection and grid, the paper's claims, your runs against the reference
+    for section in (STUDY_FILE, CLAIMS_FILE, VERDICT_FILE):
         if (out_dir / section).exists():
             parts.append((out_dir / section).read_text().rstrip() + "\n")
     # outputs of other tools (sorsa-report analysis): shown, not described here
-    ours = {"README.md", "main_table.md", "rank_table.md", VERDICT_FILE, CLAIMS_FILE}
+    ours = {"README.md", "main_table.md", "rank_table.md", VERDICT_FILE, CLAIMS_FILE, STUDY_FILE}
+    captions = {**captions, SENSITIVITY: SENSITIVITY_CAPTION}
     tables = [f"- [{n}]({n})\n" for n in sorted(p.name for p in out_dir.glob("*.md") if p.name not in ours)]
     others = [
-        f"![{n}]({n})\n" for n in sorted(p.name for p in out_dir.glob("*.png") if p.stem not in CAPTIONS)
+        f"![{n}]({n})\n" for n in sorted(p.name for p in out_dir.glob("*.png") if p.stem not in captions)
     ]
     if tables or others:
         parts.append(

@@ -32,6 +32,7 @@ LATEX_SPECIAL = {
 class MeanStd:
     mean: float
     std: float  # NaN when there is one seed
+    digits: int = 2
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def _num(x: float, fmt: str = ".2f") -> str | None:
 
 def md_cell(cell) -> str:
     if isinstance(cell, MeanStd):
-        return f"{_num(cell.mean)} ± {_num(cell.std) or '–'}"
+        fmt = f".{cell.digits}f"
+        return f"{_num(cell.mean, fmt)} ± {_num(cell.std, fmt) or '–'}"
     if isinstance(cell, Signed):
         return _num(cell.value, "+.2f") or "–"
     if isinstance(cell, float):
@@ -70,7 +72,8 @@ def md_cell(cell) -> str:
 
 def tex_cell(cell) -> str:
     if isinstance(cell, MeanStd):
-        return f"{_num(cell.mean)} $\\pm$ {_num(cell.std) or '--'}"
+        fmt = f".{cell.digits}f"
+        return f"{_num(cell.mean, fmt)} $\\pm$ {_num(cell.std, fmt) or '--'}"
     if isinstance(cell, Signed):
         return f"${_num(cell.value, '+.2f')}$" if _num(cell.value) else "--"
     if isinstance(cell, float):

@@ -6,10 +6,11 @@ Online only: needs a W&B API key (``WANDB_API_KEY`` or ``wandb login``) and ``WA
 offline/disabled. Offline it touches no network: it prints what it needs and points at the local
 report, paper_tables/<experiment>/README.md, and exits 0.
 
-The report holds the accuracy table (from result.json, as in main_table.md), the claims table (as in
-claims.md), loss curves of all
-methods (grouped by method: mean and min-max over seeds) and of each method's seeds, and a run
-comparer showing config differences. W&B key names are arguments; the defaults match Lightning's
+The report holds the accuracy table (from result.json, as in main_table.md), the claims (as in claims.md,
+with both learning-rate settings when the experiment has a study), training and held-out loss curves of all
+methods (grouped by method: mean and min-max over seeds) and of each method's seeds, the learning-rate
+study's sensitivity (held-out loss against the rate, when ``<experiment>_lr`` exists) and a run comparer
+showing config differences. W&B key names are arguments; the defaults match Lightning's
 WandbLogger (``trainer/global_step``) and the metric names below.
 """
 
@@ -23,8 +24,9 @@ from pathlib import Path
 from sorsa_repro.cli_args import KeyValueCli
 from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR
 from sorsa_repro.reporting.aggregate import METHOD_ORDER, Summary, load_experiment, method_name, ordered
-from sorsa_repro.reporting.claims import claim_rows, scale_note
-from sorsa_repro.reporting.claims import to_markdown as claims_markdown
+from sorsa_repro.reporting.claims_report import scale_note
+from sorsa_repro.reporting.claims_report import to_markdown as claims_markdown
+from sorsa_repro.reporting.lr_study import load_study, study_experiment
 from sorsa_repro.reporting.reference import load_reference
 from sorsa_repro.reporting.table_format import to_markdown
 from sorsa_repro.reporting.tables import accuracy_table
@@ -43,6 +45,9 @@ class WandbArgs:
     x_key: str = "trainer/global_step"
     loss_key: str = "train/loss"
     ortho_key: str = "train/ortho_penalty"
+    heldout_key: str = "train/heldout_loss"
+    lr_key: str = "train.lr_multiplier"  # W&B config key of the learning-rate multiplier
+    lr_study_dir: str = ""  # where <experiment>_lr lies (default: results_dir)
 
 
 def offline_message(args: WandbArgs, reason: str) -> str:
@@ -100,6 +105,7 @@ def _loss_blocks(summary: Summary, args: WandbArgs) -> list:
             runsets=[_runset(args, exp, exp, groupby=[f"config.{args.method_key}"])],
             panels=[
                 _line_plot(args, "training loss (mean, min-max over seeds)", args.loss_key, True, True),
+                _line_plot(args, "held-out loss (mean, min-max over seeds)", args.heldout_key, True, False),
                 _line_plot(args, "SORSA orthonormal penalty", args.ortho_key, True, False),
             ],
         ),
@@ -116,8 +122,33 @@ def _loss_blocks(summary: Summary, args: WandbArgs) -> list:
     return blocks
 
 
-def build_report(summary: Summary, args: WandbArgs, reference: dict | None = None):
-    """The ``wandb_workspaces`` Report object (not saved: ``report.save()`` needs the network)."""
+def _sensitivity_blocks(args: WandbArgs, study: Summary) -> list:
+    """The learning-rate study's runs: held-out loss at the last step against the rate, one colour per method."""
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    exp = study.experiment
+    return [
+        wr.H2(text=f"Learning-rate sensitivity ({exp})"),
+        wr.PanelGrid(
+            runsets=[_runset(args, exp, exp, groupby=[f"config.{args.method_key}"])],
+            panels=[
+                wr.ScatterPlot(
+                    title="held-out loss at the last step against the learning-rate multiplier",
+                    x=expr.Config(args.lr_key),
+                    y=expr.Summary(args.heldout_key),
+                    log_x=True,
+                )
+            ],
+        ),
+    ]
+
+
+def build_report(
+    summary: Summary, args: WandbArgs, reference: dict | None = None, study: Summary | None = None
+):
+    """The ``wandb_workspaces`` Report object (not saved: ``report.save()`` needs the network); ``study``: the
+    experiment's learning-rate study (its sensitivity panel, and claims.md's two settings)."""
     import wandb_workspaces.reports.v2 as wr
 
     exp = summary.experiment
@@ -130,8 +161,9 @@ def build_report(summary: Summary, args: WandbArgs, reference: dict | None = Non
         wr.H2(text="Accuracy"),
         wr.MarkdownBlock(text=to_markdown(table)),
         wr.H2(text="The paper's claims"),
-        wr.MarkdownBlock(text=claims_markdown(summary, claim_rows(summary), scale_note(summary))),
+        wr.MarkdownBlock(text=claims_markdown(summary, scale_note(summary), study)),
         *_loss_blocks(summary, args),
+        *(_sensitivity_blocks(args, study) if study is not None else []),
         wr.H2(text="Runs and config differences"),
         wr.PanelGrid(
             runsets=[_runset(args, exp, exp, groupby=[f"config.{args.method_key}"])],
@@ -171,6 +203,9 @@ CLI = KeyValueCli(
         "x_key": "W&B step key (default trainer/global_step, Lightning's)",
         "loss_key": "W&B loss key (default train/loss)",
         "ortho_key": "W&B orthonormal-penalty key (default train/ortho_penalty)",
+        "heldout_key": "W&B held-out loss key (default train/heldout_loss)",
+        "lr_key": "W&B config key of the learning-rate multiplier (default train.lr_multiplier)",
+        "lr_study_dir": f"the folder holding <experiment>{study_experiment('')} (default: results_dir)",
     },
 )
 
@@ -197,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         import wandb
 
         args.entity = wandb.Api().default_entity  # the API key's user
-    report = build_report(summary, args, load_reference()).save()
+    study = load_study(args.lr_study_dir or args.results_dir, args.experiment)
+    report = build_report(summary, args, load_reference(), study).save()
     print(f"W&B report: {report.url}")
     return 0
 
