@@ -54,8 +54,40 @@ def run_job(cfg: DictConfig) -> dict:
     except Exception as err:
         log.exception("run %s failed", run_dir)
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            discard_hydra_output()
             raise
         return {"run_dir": str(run_dir), "status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def discard_hydra_output() -> None:
+    """A single run that failed before it wrote anything of its own: remove the folder Hydra made for it
+    (``<results_dir>/.hydra/<experiment>/<time>/``: Hydra's copy of the config and the job's log), and the
+    folders above it that are left empty, up to ``.hydra``. A rejected command leaves nothing behind."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    if not out.is_dir() or ".hydra" not in out.parts:
+        return
+    own = {str(hydra_cfg.output_subdir or ""), f"{hydra_cfg.job.name}.log"}
+    if any(p.name not in own for p in out.iterdir()):
+        return  # something else was written there: keep it
+    shutil.rmtree(out, ignore_errors=True)
+    for folder in out.parents:
+        if folder.name == ".hydra" or not folder.is_dir():
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+            break
+        try:
+            folder.rmdir()  # only an empty one
+        except OSError:
+            break
 
 
 def run_summary(run_dir: Path) -> str:

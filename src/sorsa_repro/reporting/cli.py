@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sorsa_repro.cli_args import KeyValueCli
-from sorsa_repro.layout import LOCAL_TABLES_DIR, PAPER_NUMBERS, REFERENCE_RUNS_DIR, RESULTS_DIR
+from sorsa_repro.layout import (
+    LOCAL_TABLES_DIR,
+    PAPER_NUMBERS,
+    REFERENCE_RUNS_DIR,
+    RESULTS_DIR,
+    check_plain_name,
+    refuse_reference,
+)
 from sorsa_repro.reporting.aggregate import load_experiment
 from sorsa_repro.reporting.claims import scale_note, write_claims
 from sorsa_repro.reporting.figures import write_figures
@@ -43,6 +50,7 @@ class ReportArgs:
     reference: str = str(PAPER_NUMBERS)
     reference_runs: str = REFERENCE_RUNS_DIR
     seeds: str = ""
+    update_reference: str = "false"
 
 
 CLI = KeyValueCli(
@@ -63,6 +71,8 @@ CLI = KeyValueCli(
         "reference": "the paper's numbers (default paper_tables/reference.yaml)",
         "reference_runs": f"the committed runs verdict compares with (default {REFERENCE_RUNS_DIR})",
         "seeds": "the seeds you expect, e.g. 0,1,2 (a missing one is reported)",
+        "update_reference": "true: write into the committed reference (paper_tables/<experiment>/), maintainers "
+        "only; without it such an out_dir is refused",
     },
 )
 
@@ -98,6 +108,13 @@ def run_command(command: str, args: ReportArgs) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     command, args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # before anything is read or written: the output folder
+        check_plain_name("experiment", args.experiment)
+        update = args.update_reference.lower() in ("1", "true", "yes")
+        refuse_reference({"out_dir": Path(args.out_dir) / args.experiment}, update, "sorsa-report")
+    except ValueError as err:
+        print(f"sorsa-report: error: {err}", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings(record=True) as caught:  # missing seeds, failed runs: shown plainly
             warnings.simplefilter("always")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sorsa_repro.cli_args import KeyValueCli
-from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR
+from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR, check_plain_name, refuse_reference
 from sorsa_repro.reporting.aggregate import METHOD_ORDER, Summary, load_experiment, method_name, ordered
 from sorsa_repro.reporting.claims import claim_rows, scale_note
 from sorsa_repro.reporting.claims import to_markdown as claims_markdown
@@ -43,6 +43,7 @@ class WandbArgs:
     x_key: str = "trainer/global_step"
     loss_key: str = "train/loss"
     ortho_key: str = "train/ortho_penalty"
+    update_reference: str = "false"
 
 
 def offline_message(args: WandbArgs, reason: str) -> str:
@@ -171,6 +172,8 @@ CLI = KeyValueCli(
         "x_key": "W&B step key (default trainer/global_step, Lightning's)",
         "loss_key": "W&B loss key (default train/loss)",
         "ortho_key": "W&B orthonormal-penalty key (default train/ortho_penalty)",
+        "update_reference": "true: allow running inside the committed reference (wandb writes its wandb/ log "
+        "folder into the current folder), maintainers only",
     },
 )
 
@@ -180,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     args = WandbArgs(**values)
     if not args.experiment:
         CLI.fail("experiment=<name> is required")
+    try:  # the report goes to W&B; what it writes here is wandb's own log folder, in the current folder
+        check_plain_name("experiment", args.experiment)
+        update = args.update_reference.lower() in ("1", "true", "yes")
+        refuse_reference({"cwd": Path.cwd() / "wandb"}, update, "the W&B report")
+    except ValueError as err:
+        print(f"{CLI.prog}: error: {err}", file=sys.stderr)
+        return 2
     args.entity = args.entity or os.environ.get("WANDB_ENTITY", "")
     args.project = args.project or os.environ.get("WANDB_PROJECT", "")
     reason = offline_reason()
