@@ -124,9 +124,17 @@ class Run:
             return f"training failed ({error[-1] if error else ''})"
         if train.get("status") in ("running", "interrupted"):
             return "still running" if train["status"] == "running" else "training interrupted"
+        if self.divergence:  # left out of tables, claims and figures, with the reason
+            return f"training diverged ({self.divergence})"
         if not any(ev.get("scores") for ev in self.result.get("eval", {}).values()):
             return "no eval results"
         return "ok"
+
+    @property
+    def divergence(self) -> str | None:
+        """Why its training diverged (result.json ``train.diverged``, training/record.py), or None."""
+        train = self.result.get("train", {})
+        return (train.get("divergence") or "no reason recorded") if train.get("diverged") else None
 
     @cached_property
     def metrics(self) -> pd.DataFrame | None:

@@ -76,8 +76,8 @@ def _groups(summary: Summary) -> dict[str, dict[int, Run]]:
     main_rank = max(set(ranks), key=ranks.count) if ranks else 0
     out: dict[str, dict[int, Run]] = {}
     for run in summary.runs:
-        if run.result.get("train", {}).get("status") != "finished" or run.seed is None:
-            continue
+        if run.result.get("train", {}).get("status") != "finished" or run.seed is None or run.divergence:
+            continue  # (a diverged run: the README's run table says why it is left out)
         if run.rank and run.rank != main_rank:
             continue
         label = run.method + (f" [{run.variant}]" if run.variant else "")
