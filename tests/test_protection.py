@@ -587,7 +587,9 @@ def test_peak_memory_leaves_out_what_earlier_jobs_left_behind():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override", ["method.rank=999", "method.lr=abc"])
+@pytest.mark.parametrize(
+    "override", ["method.rank=999", "method.lr=abc", "data.limit=2"]
+)  # (2: after validation)
 def test_a_rejected_command_writes_nothing_at_all(tmp_path, override):
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "sorsa_repro.train", *TINY, f"results_dir={results}", override],

@@ -61,11 +61,14 @@ def run_job(cfg: DictConfig) -> dict:
 
 def discard_hydra_output() -> None:
     """A single run that failed before it wrote anything of its own: remove the folder Hydra made for it
-    (``<results_dir>/.hydra/<experiment>/<time>/``: Hydra's copy of the config and the job's log), and the
-    folders above it that are left empty, up to ``.hydra``. A rejected command leaves nothing behind."""
+    (``<results_dir>/.hydra/<experiment>/<time>/``: Hydra's copy of the config and the job's log) and the
+    folders above it that Hydra made (up to what existed before the command; else up to ``.hydra``). A
+    rejected command leaves nothing behind."""
     import shutil
 
     from hydra.core.hydra_config import HydraConfig
+
+    from sorsa_repro.training.sweep import EXISTED_BEFORE
 
     if not HydraConfig.initialized():
         return
@@ -77,16 +80,15 @@ def discard_hydra_output() -> None:
     if any(p.name not in own for p in out.iterdir()):
         return  # something else was written there: keep it
     shutil.rmtree(out, ignore_errors=True)
+    stop = EXISTED_BEFORE.get("results_dir")
     for folder in out.parents:
-        if folder.name == ".hydra" or not folder.is_dir():
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+        if folder == stop:
             break
         try:
             folder.rmdir()  # only an empty one
         except OSError:
+            break
+        if stop is None and folder.name == ".hydra":
             break
 
 

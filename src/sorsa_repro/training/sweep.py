@@ -11,6 +11,7 @@ from the run folders, so this works for jobs launched on other machines (SLURM) 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from hydra import compose
@@ -78,6 +79,16 @@ def job_outcome(cfg: DictConfig) -> str:
     return "ok"
 
 
+# a single run: the deepest folder at or above results_dir that existed before Hydra made its output folder in
+# it; a run rejected after that (train.discard_hydra_output) removes what Hydra made below it
+EXISTED_BEFORE: dict[str, Path] = {}
+
+
+def deepest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 class ValidateSweep(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         """A single run: validate its config before Hydra creates its output folder
@@ -90,6 +101,7 @@ class ValidateSweep(Callback):
             validate_config(config)
         except Exception as err:  # Hydra turns a callback's Exception into a warning; SystemExit stops
             raise SystemExit(f"error: {type(err).__name__}: {err}") from None
+        EXISTED_BEFORE["results_dir"] = deepest_existing(Path(str(config.results_dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
