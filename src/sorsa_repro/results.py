@@ -15,7 +15,10 @@ result.json (every key optional until its stage has run)::
       "run": {"experiment", "method", "rank", "seed"},
       "config_hash": str,                # hash of the resolved training config (also in the folder name)
       "train": {"status": STATUSES, "steps", "final_loss", "trainable_params", "total_params",
-                "wall_time_s", "fit_time_s", "peak_memory_mb", "resumed", "attempts", "error"?},
+                "wall_time_s", "fit_time_s", "init_time_s",     # summed over all attempts
+                "peak_memory_mb", "resumed", "diverged", "divergence", "error"?,
+                "attempts": [{"status": running | finished | interrupted | failed | killed, "started_at",
+                              "start_step", "end_step", "init_time_s", "wall_time_s", ...}]},
       "evaluation": {"status": STATUSES, "benchmarks", "error"?},   # the evaluation stage
       "protocol": {"train": {...data/model/schedule identity...}},
       "eval": {<benchmark>: {"n", "limit", "max_new_tokens", "backend", "prompt_version",
