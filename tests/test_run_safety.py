@@ -307,6 +307,7 @@ def test_interrupted_training_says_so(tmp_path, sig):
     (run_dir,) = (tmp_path / "mini").iterdir()
     train = load_result(run_dir)["train"]
     assert train["status"] == "interrupted", err[-2000:]
+    assert train["error"] == f"interrupted by {sig.name}"  # not Lightning's "SystemExit: 1"
     assert "stage: train" in (run_dir / "error.txt").read_text()
 
 
