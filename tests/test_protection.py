@@ -258,7 +258,10 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(
     assert saving == [2, 4]
     last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 2  # whole, step 2
+    (last.parent / ".last.ckpt.k9x.tmp").write_bytes(b"half")  # what kill -9 leaves (no except block runs)
     run_training(cfg)  # resumes from step 2
+    left = sorted(p.name for p in last.parent.iterdir())
+    assert left == ["last.ckpt", "previous.ckpt"]  # the killed write's temp file removed
     assert load_result(cfg.run_dir)["train"]["status"] == "finished"
     assert losses(cfg.run_dir) == pytest.approx(uninterrupted, rel=1e-6)
 

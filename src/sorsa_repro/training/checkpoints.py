@@ -103,8 +103,12 @@ def checkpoint_problem(path: Path) -> str | None:
 def resume_checkpoint(run_dir: Path, set_aside: bool = True) -> Path | None:
     """The checkpoint a run resumes from: ``last.ckpt`` when it is complete, else ``previous.ckpt`` (the
     unusable ``last.ckpt`` named in the log and, with ``set_aside``, renamed ``last.ckpt.corrupt``); None when
-    the run has none. Raises ``CorruptCheckpointError`` naming the file when neither is usable."""
+    the run has none. Raises ``CorruptCheckpointError`` naming the file when neither is usable. With
+    ``set_aside`` (one process of a run) it also removes what a killed write left (``.last.ckpt.*.tmp``)."""
     last, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
+    if set_aside:  # (global rank 0) the temp file of a write a kill cut short: as large as a checkpoint
+        for tmp in last.parent.glob(".*.ckpt.*"):
+            tmp.unlink(missing_ok=True)
     problem = checkpoint_problem(last) if last.exists() else "missing"
     if problem is None:
         return last
