@@ -221,9 +221,12 @@ def test_resumed_is_true_only_after_continuing_from_a_checkpoint(tmp_path, monke
     assert load_result(cfg.run_dir)["train"]["status"] == "failed"
     monkeypatch.undo()
     train = load_result(run_training(cfg))["train"]
+    # the failed attempt is recorded too (it trained steps 1-3; the resume starts from its step-2 checkpoint)
     assert train["resumed"] is True and [(a["start_step"], a["end_step"]) for a in train["attempts"]] == [
-        (2, 4)
+        (0, 3),
+        (2, 4),
     ]
+    assert [a["status"] for a in train["attempts"]] == ["failed", "finished"]
 
 
 # ---- 6. one process per run folder
@@ -304,6 +307,7 @@ def test_interrupted_training_says_so(tmp_path, sig):
     (run_dir,) = (tmp_path / "mini").iterdir()
     train = load_result(run_dir)["train"]
     assert train["status"] == "interrupted", err[-2000:]
+    assert train["error"] == f"interrupted by {sig.name}"  # not Lightning's "SystemExit: 1"
     assert "stage: train" in (run_dir / "error.txt").read_text()
 
 

@@ -64,7 +64,9 @@ CLI = KeyValueCli(
 )
 
 
-def stages(scale: str, seeds: str | None, overrides: list[str], dirs: dict, verdict: bool):
+def stages(
+    scale: str, seeds: str | None, overrides: list[str], dirs: dict, verdict: bool, update: bool = False
+):
     spec = SCALES[scale]
     exp = spec["experiment"]
     seeds = seeds or spec["seeds"]
@@ -77,6 +79,9 @@ def stages(scale: str, seeds: str | None, overrides: list[str], dirs: dict, verd
         f"lr_study_dir={dirs['reference']}",  # the committed study, whose selected rates the sweep trains at
     ]
     sweep = [py, "-m", "sorsa_repro.train", f"+sweep={spec['sweep']}", f"experiment={exp}", f"seed={seeds}"]
+    if update:  # every stage refuses the reference folders unless told, as this command was
+        report.append("update_reference=true")
+        sweep.append("update_reference=true")
     steps = [
         ("sweep: train + evaluate", [*sweep, f"results_dir={dirs['results']}", *overrides]),
         ("tables + plots", [py, "-m", "sorsa_repro.reporting.cli", "all", *report]),
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "out": args.get("out_dir", REFERENCE_TABLES_DIR if update else LOCAL_TABLES_DIR),
         "reference": args.get("reference_runs", REFERENCE_RUNS_DIR),
     }
+    # the checkout each folder lies in, whichever it is (not only the one the package was installed from)
     protected = [d for d in (dirs["results"], dirs["out"]) if is_reference_location(d)]
     if protected and not update:
         print(
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    exp, commands = stages(scale, args.get("seeds"), overrides, dirs, verdict=not update)
+    exp, commands = stages(scale, args.get("seeds"), overrides, dirs, verdict=not update, update=update)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     timings = []
     for name, cmd in commands:

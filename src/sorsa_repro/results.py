@@ -15,7 +15,10 @@ result.json (every key optional until its stage has run)::
       "run": {"experiment", "method", "rank", "seed"},
       "config_hash": str,                # hash of the resolved training config (also in the folder name)
       "train": {"status": STATUSES, "steps", "final_loss", "trainable_params", "total_params",
-                "wall_time_s", "fit_time_s", "peak_memory_mb", "resumed", "attempts", "error"?},
+                "wall_time_s", "fit_time_s", "init_time_s",     # summed over all attempts
+                "peak_memory_mb", "resumed", "diverged", "divergence", "error"?,
+                "attempts": [{"status": running | finished | interrupted | failed | killed, "started_at",
+                              "start_step", "end_step", "init_time_s", "wall_time_s", ...}]},
       "evaluation": {"status": STATUSES, "benchmarks", "error"?},   # the evaluation stage
       "protocol": {"train": {...data/model/schedule identity...}},
       "eval": {<benchmark>: {"n", "limit", "max_new_tokens", "backend", "prompt_version",
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import time
@@ -64,26 +68,90 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """The one atomic file write: a temp file beside ``path``, fsync'ed, then renamed over it."""
+def current_umask() -> int:
+    """This process's umask (read from /proc where it can be, so that no other thread sees it change)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 less the umask (0644 with umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: 0777 less the umask (0755 with umask 022)."""
+    return 0o777 & ~current_umask()
+
+
+def normal_modes(folder: str | os.PathLike) -> None:
+    """Give ``folder`` and everything in it the modes of files and folders made with ``open``/``mkdir``.
+
+    Writers that create through a temp file (``tempfile.mkstemp``/``mkdtemp``, safetensors' own save) leave
+    0600/0700, which another user of a shared machine cannot read (a serving account, a colleague)."""
+    folder = Path(folder)
+    os.chmod(folder, dir_mode())
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(Path(root) / name, dir_mode())
+        for name in files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                os.chmod(path, file_mode())
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """The one atomic file write: ``write(f)`` fills a temp file beside ``path`` (the same folder, so the same
+    filesystem: the rename cannot turn into a copy), which is fsync'ed, given a normal file's mode and
+    renamed over ``path``. Readers and a later run see the old file or the whole new one, never a part;
+    when ``write`` fails (a full disk, a kill) the temp file is removed and ``path`` is unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power loss after it keeps the new name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every filesystem syncs a folder
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Fill a temp folder beside ``path`` in the block; on success it replaces ``path`` (mode 0755).
+    """Fill a temp folder beside ``path`` in the block; on success it replaces ``path``, its files and
+    folders given normal modes (0644/0755 under umask 022: readable by others, as files written with
+    ``open``).
 
     An interrupted block leaves only ``.<name>.*``, which ``remove_temp_files`` deletes on the next start.
     """
@@ -94,7 +162,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700: others on the machine could not read the export
+        normal_modes(tmp)  # mkdtemp creates 0700, safetensors writes 0600
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -157,8 +225,9 @@ ERROR_FILE = "error.txt"
 @contextmanager
 def stage(run_dir: str | os.PathLike, name: str, enabled: bool = True) -> Iterator[None]:
     """Run one stage of a run folder: status ``running``, then ``finished``; on an exception ``failed``
-    (``interrupted`` for Ctrl-C, SIGTERM or SystemExit) with the error in result.json and the traceback in
-    error.txt. ``enabled=False`` (processes other than global rank 0) records nothing."""
+    (``interrupted`` for Ctrl-C, SIGTERM or SystemExit, "interrupted by SIGINT" when a signal did it) with
+    the error in result.json and the traceback in error.txt; a stage that finishes removes the error.txt an
+    earlier attempt of it left. ``enabled=False`` (processes other than global rank 0) records nothing."""
     if not enabled:
         yield
         return
@@ -169,11 +238,46 @@ def stage(run_dir: str | os.PathLike, name: str, enabled: bool = True) -> Iterat
         import traceback
 
         interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
-        message = f"{type(err).__name__}: {err}".strip()
-        atomic_write_text(Path(run_dir) / ERROR_FILE, f"stage: {name}\n\n{traceback.format_exc()}")
-        set_status(run_dir, name, "interrupted" if interrupted else "failed", message)
+        message = failure_message(err)
+        # the status first: on a full disk the small result.json may still fit after the failed write's
+        # temp file is gone; neither write may hide the error that ended the stage
+        for write in (
+            lambda: set_status(run_dir, name, "interrupted" if interrupted else "failed", message),
+            lambda: atomic_write_text(
+                Path(run_dir) / ERROR_FILE, f"stage: {name}\n\n{traceback.format_exc()}"
+            ),
+        ):
+            try:
+                write()
+            except Exception as record_err:  # noqa: BLE001
+                logging.getLogger(__name__).error(
+                    "could not record the %s stage's failure in %s: %s", name, run_dir, record_err
+                )
         raise
     set_status(run_dir, name, "finished")
+    _remove_stale_error(Path(run_dir) / ERROR_FILE, name)
+
+
+def failure_message(err: BaseException) -> str:
+    """What result.json says ended a stage: "interrupted by SIGINT" / "by SIGTERM" for a signal (Lightning
+    turns Ctrl-C into ``SystemExit(1)``), else the exception's type and message."""
+    from sorsa_repro.signals import received_signal
+
+    if isinstance(err, KeyboardInterrupt | SystemExit):
+        signal_name = received_signal() or ("SIGINT" if isinstance(err, KeyboardInterrupt) else None)
+        if signal_name:
+            return f"interrupted by {signal_name}"
+    return f"{type(err).__name__}: {err}".strip()
+
+
+def _remove_stale_error(path: Path, name: str) -> None:
+    """error.txt of an earlier failed attempt of the stage ``name`` that has now finished."""
+    try:
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    except OSError:
+        return
+    if first == f"stage: {name}":
+        path.unlink(missing_ok=True)
 
 
 @contextmanager

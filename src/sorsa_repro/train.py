@@ -54,8 +54,42 @@ def run_job(cfg: DictConfig) -> dict:
     except Exception as err:
         log.exception("run %s failed", run_dir)
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            discard_hydra_output()
             raise
         return {"run_dir": str(run_dir), "status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def discard_hydra_output() -> None:
+    """A single run that failed before it wrote anything of its own: remove the folder Hydra made for it
+    (``<results_dir>/.hydra/<experiment>/<time>/``: Hydra's copy of the config and the job's log) and the
+    folders above it that Hydra made (up to what existed before the command; else up to ``.hydra``). A
+    rejected command leaves nothing behind."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from sorsa_repro.training.sweep import EXISTED_BEFORE
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    if not out.is_dir() or ".hydra" not in out.parts:
+        return
+    own = {str(hydra_cfg.output_subdir or ""), f"{hydra_cfg.job.name}.log"}
+    if any(p.name not in own for p in out.iterdir()):
+        return  # something else was written there: keep it
+    shutil.rmtree(out, ignore_errors=True)
+    stop = EXISTED_BEFORE.get("results_dir")
+    for folder in out.parents:
+        if folder == stop:
+            break
+        try:
+            folder.rmdir()  # only an empty one
+        except OSError:
+            break
+        if stop is None and folder.name == ".hydra":
+            break
 
 
 def run_summary(run_dir: Path) -> str:

@@ -68,6 +68,7 @@ class EvalConfig:
     data_dir: str | None = _default("data_dir")
     seed: int = _default("seed")
     overwrite: bool = _default("overwrite")
+    update_reference: bool = _default("update_reference")  # write into the committed reference on purpose
 
     def __post_init__(self):
         if isinstance(self.model, Mapping):
@@ -160,4 +161,45 @@ def eval_config_for_training(run_dir, cfg) -> EvalConfig:
     model, data = plain(cfg.get("model")), plain(cfg.get("data"))
     section.setdefault("dtype", model.get("dtype"))
     section.setdefault("data_dir", data.get("data_dir"))
-    return EvalConfig.from_mapping(section, run=str(Path(run_dir).resolve()), model=None)
+    return EvalConfig.from_mapping(
+        section,
+        run=str(Path(run_dir).resolve()),
+        model=None,
+        # the training's: it writes into the same folder
+        update_reference=bool(cfg.get("update_reference", False)),
+    )
+
+
+def check_target(cfg: EvalConfig, backend: str, have_model: bool = False) -> tuple[str | None, Path]:
+    """``resolve_target`` (the model and the output folder, their files readable) and the reference guard:
+    an evaluation writes into the committed reference only with ``update_reference=true``."""
+    from sorsa_repro.evaluation.targets import resolve_target
+    from sorsa_repro.layout import refuse_reference
+
+    model_ref, out_dir = resolve_target(cfg, backend, have_model)
+    refuse_reference({"run" if cfg.run else "out_dir": out_dir}, cfg.update_reference, "evaluation")
+    return model_ref, out_dir
+
+
+class ValidateEvaluation:
+    """A Hydra callback (conf/eval.yaml): check the options and the target before Hydra creates its output
+    folder, so that a rejected command writes nothing."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        from sorsa_repro.evaluation.run import _backend_name
+
+        try:
+            options = OmegaConf.masked_copy(
+                config, [k for k in config if k != "hydra"]
+            )  # Hydra's: unresolvable yet
+            cfg = EvalConfig.from_mapping(OmegaConf.to_container(options, resolve=True))
+            check_target(cfg, _backend_name(cfg, given_model=False))
+        except Exception as err:  # Hydra turns a callback's Exception into a warning; SystemExit stops
+            raise SystemExit(f"error: {type(err).__name__}: {err}") from None
+
+    def __getattr__(self, name):  # Hydra calls every hook; the others do nothing
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)

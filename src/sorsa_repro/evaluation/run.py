@@ -30,7 +30,7 @@ from sorsa_repro.evaluation.backends import (
     resolve_backend,
     timed_generate,
 )
-from sorsa_repro.evaluation.config import EvalConfig, eval_config_for_training
+from sorsa_repro.evaluation.config import EvalConfig, check_target, eval_config_for_training
 from sorsa_repro.evaluation.predictions import (
     make_row,
     predictions_path,
@@ -40,7 +40,7 @@ from sorsa_repro.evaluation.predictions import (
     write_predictions,
 )
 from sorsa_repro.evaluation.summary import benchmark_summary
-from sorsa_repro.evaluation.targets import MERGED_DIR, merged_with_adapter, resolve_target
+from sorsa_repro.evaluation.targets import MERGED_DIR, merged_with_adapter
 from sorsa_repro.results import (
     LOCK_HELD_ENV,
     atomic_dir,
@@ -59,7 +59,8 @@ logger = logging.getLogger(__name__)
 
 def backend_options(cfg: EvalConfig) -> dict:
     """The settings the configured backend is built with (``make_backend`` hands each backend its own)."""
-    skip = ("run", "model", "seed")  # seed picks synthetic problems; vLLM's own seed stays 0
+    # seed picks synthetic problems (vLLM's own seed stays 0); update_reference is the caller's guard
+    skip = ("run", "model", "seed", "update_reference")
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in skip}
     options["batch_size"] = cfg.hf_batch_size
     return options
@@ -226,7 +227,7 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
     cfg = EvalConfig.from_mapping(cfg)
     backend_name = _backend_name(cfg, model is not None)
     # what can fail without a model (a missing export, missing data) fails here and writes nothing
-    model_ref, out_dir = resolve_target(cfg, backend_name, have_model=model is not None)
+    model_ref, out_dir = check_target(cfg, backend_name, have_model=model is not None)
     examples = {b: load_eval_examples(b, cfg.limit_for(b), cfg.data_dir, cfg.seed) for b in cfg.benchmarks}
     name = _model_name(cfg, model)
     if cfg.adapter is not None and model is None:
@@ -275,7 +276,7 @@ def evaluate_run(
     """
     cfg = EvalConfig.from_mapping(cfg, **{**overrides, "run": str(Path(run_dir).resolve()), "model": None})
     if model is None and resolve_backend(cfg.backend) == "vllm":
-        resolve_target(cfg, "vllm")  # fail here, not in the child
+        check_target(cfg, "vllm")  # fail here, not in the child
         with run_folder_lock(cfg.run), stage(cfg.run, "evaluation"):
             _evaluate_in_subprocess(cfg)
         return load_result(cfg.run).get("eval", {})

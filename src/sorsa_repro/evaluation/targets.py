@@ -49,6 +49,7 @@ def resolve_target(cfg: EvalConfig, backend: str, have_model: bool = False) -> t
                 f"run folder {run_dir} has no merged model ({merged}/config.json): evaluation reads the merged "
                 "export the training pipeline writes after training; finish or re-run the training first"
             )
+        check_model_files(merged)
         return str(merged), run_dir
     model = str(cfg.model)
     named = model_dir_name(cfg.adapter if cfg.adapter else model)
@@ -63,6 +64,7 @@ def resolve_target(cfg: EvalConfig, backend: str, have_model: bool = False) -> t
     if path.exists() or _looks_like_path(model):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model folder {path} does not exist or has no config.json")
+        check_model_files(path)
         return str(path), out_dir
     return model, out_dir  # a hub id
 
@@ -74,6 +76,58 @@ def check_adapter(path: Path) -> None:
         raise FileNotFoundError(
             f"adapter={path}: no adapter_config.json (peft) or {ADAPTER_CONFIG} (SORSA) in that folder"
         )
+    check_model_files(path)
+
+
+class UnreadableModelError(ValueError):
+    """A model or adapter folder whose files are damaged (cut short, edited, not what they claim)."""
+
+
+def check_model_files(folder: Path) -> None:
+    """Every JSON config and safetensors file of a model or adapter folder is whole: the JSON parses to an
+    object, each safetensors file holds its header and all the bytes the header promises. A damaged file
+    raises ``UnreadableModelError`` naming it, before any model loads (loading gives errors without a path).
+    Reads only the JSON files and the safetensors headers."""
+    import json
+
+    for path in sorted(folder.glob("*.json")):
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UnreadableModelError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+        if not isinstance(value, dict):
+            raise UnreadableModelError(f"{path} holds a {type(value).__name__}, not a JSON object")
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise UnreadableModelError(f"{path} is {problem}: the export is damaged; export it again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (empty, cut short, a bad header), or None."""
+    import json
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"cut short ({size} bytes: no header)"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"cut short ({size} bytes: the header alone needs {length + 8})"
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"not a safetensors file (its header is not JSON: {err})"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not an object)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "not a safetensors file (a tensor without data_offsets)"
+    if 8 + length + end > size:
+        return f"cut short ({size} bytes; its header promises {8 + length + end})"
+    return None
 
 
 def merged_with_adapter(model: str, adapter: str, dtype: str | None):

@@ -58,10 +58,24 @@ def save_peft_adapter(model: nn.Module, path: str | os.PathLike, base_model: str
             )
         conversion = {key: getattr(config, key) for key in CONVERSION_KEYS}
         (path / CONVERSION).write_text(json.dumps(conversion, indent=2) + "\n")
-    if base_model:  # peft writes the name the model was loaded from, e.g. a local cache folder
-        saved = json.loads((path / "adapter_config.json").read_text())
-        saved["base_model_name_or_path"] = base_model
-        (path / "adapter_config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    # peft writes the name the model was loaded from (e.g. a local cache folder): the name as given instead
+    canonical_adapter_config(path, {"base_model_name_or_path": base_model} if base_model else {})
+
+
+SET_FIELDS = ("target_modules", "exclude_modules")  # sets in peft's configs
+
+
+def canonical_adapter_config(path: str | os.PathLike, updates: dict | None = None) -> None:
+    """Rewrite ``path``/adapter_config.json byte-stable: peft keeps target_modules (and a few others) as sets
+    and writes them in the process's hash order, so two identical runs wrote different files; here sorted,
+    keys sorted. ``updates``: fields to set on the way."""
+    file = Path(path) / "adapter_config.json"
+    saved = {**json.loads(file.read_text()), **(updates or {})}
+    for key in SET_FIELDS:
+        value = saved.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            saved[key] = sorted(value)
+    file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 def _kept_rng(model: nn.Module):

@@ -90,7 +90,14 @@ def read_peft_config(path: str | os.PathLike) -> PeftConfig:
 
 def peft_rank(path: str | os.PathLike) -> int:
     """The config's rank r (0 for methods without one, e.g. IA3): the r<rank> of the run folder's name."""
-    return int(json.loads(peft_config_file(path).read_text()).get("r") or 0)
+    file = peft_config_file(path)
+    try:
+        config = json.loads(file.read_text())
+        return int(config.get("r") or 0)
+    except (AttributeError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(
+            f"method.config={file}: not a peft adapter config ({type(err).__name__}: {err})"
+        ) from err
 
 
 def needs_data(config: PeftConfig) -> bool:

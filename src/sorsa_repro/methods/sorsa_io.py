@@ -125,3 +125,6 @@ def save_sorsa_as_lora(model: nn.Module, path: str | os.PathLike, base_model: st
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(str(path))
+    from sorsa_repro.methods.peft_io import canonical_adapter_config
+
+    canonical_adapter_config(path)  # target_modules sorted: byte-stable between identical runs

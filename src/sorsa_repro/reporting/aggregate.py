@@ -155,7 +155,15 @@ class Run:
             return "still running" if train["status"] == "running" else "training interrupted"
         if train.get("status") != "finished":
             return "not trained"
+        if self.divergence:  # left out of tables, claims and figures, with the reason
+            return f"training diverged ({self.divergence})"
         return "ok"
+
+    @property
+    def divergence(self) -> str | None:
+        """Why its training diverged (result.json ``train.diverged``, training/record.py), or None."""
+        train = self.result.get("train", {})
+        return (train.get("divergence") or "no reason recorded") if train.get("diverged") else None
 
     @cached_property
     def metrics(self) -> pd.DataFrame | None:

@@ -88,8 +88,8 @@ def groups(runs: list[Run]) -> dict[str, dict[int, Run]]:
     main_rank = max(set(ranks), key=ranks.count) if ranks else 0
     out: dict[str, dict[int, Run]] = {}
     for run in runs:
-        if run.result.get("train", {}).get("status") != "finished" or run.seed is None:
-            continue
+        if run.result.get("train", {}).get("status") != "finished" or run.seed is None or run.divergence:
+            continue  # (a diverged run: the README's run table says why it is left out)
         if run.rank and run.rank != main_rank:
             continue
         label = run.method + (f" [{run.arm}]" if run.arm else "")

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sorsa_repro.cli_args import KeyValueCli
-from sorsa_repro.layout import LOCAL_TABLES_DIR, PAPER_NUMBERS, REFERENCE_RUNS_DIR, RESULTS_DIR
+from sorsa_repro.layout import (
+    LOCAL_TABLES_DIR,
+    PAPER_NUMBERS,
+    REFERENCE_RUNS_DIR,
+    RESULTS_DIR,
+    check_plain_name,
+    refuse_reference,
+)
 from sorsa_repro.reporting.aggregate import load_experiment
 from sorsa_repro.reporting.claims_report import scale_note, write_claims
 from sorsa_repro.reporting.figures import STYLE, save_figure, write_figures
@@ -45,9 +52,9 @@ class ReportArgs:
     reference: str = str(PAPER_NUMBERS)
     reference_runs: str = REFERENCE_RUNS_DIR
     seeds: str = ""
-    lr_study_dir: str = (
-        ""  # where <experiment>_lr lies; default: results_dir if it holds one, else reference_runs
-    )
+    # where <experiment>_lr lies; default: results_dir if it holds one, else reference_runs
+    lr_study_dir: str = ""
+    update_reference: str = "false"
 
 
 CLI = KeyValueCli(
@@ -70,6 +77,8 @@ CLI = KeyValueCli(
         "seeds": "the seeds you expect, e.g. 0,1,2 (a missing one is reported)",
         "lr_study_dir": "the folder holding <experiment>_lr, the learning-rate study whose paper-rate runs and grid "
         "claims.md reports (default: results_dir when it holds one, else reference_runs)",
+        "update_reference": "true: write into the committed reference (paper_tables/<experiment>/), maintainers "
+        "only; without it such an out_dir is refused",
     },
 )
 
@@ -123,6 +132,13 @@ def study_dir(args: ReportArgs) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     command, args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # before anything is read or written: the output folder
+        check_plain_name("experiment", args.experiment)
+        update = args.update_reference.lower() in ("1", "true", "yes")
+        refuse_reference({"out_dir": Path(args.out_dir) / args.experiment}, update, "sorsa-report")
+    except ValueError as err:
+        print(f"sorsa-report: error: {err}", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings(record=True) as caught:  # missing seeds, failed runs: shown plainly
             warnings.simplefilter("always")

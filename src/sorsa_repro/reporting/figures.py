@@ -45,6 +45,8 @@ CAPTIONS = {
 
 
 def _trained(run: Run) -> bool:
+    if run.divergence:  # a diverged run's curve is left out (the README's run table says why)
+        return False
     return run.status == "ok" or run.result.get("train", {}).get("status") == "finished"
 
 

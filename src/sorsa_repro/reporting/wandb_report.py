@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sorsa_repro.cli_args import KeyValueCli
-from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR
+from sorsa_repro.layout import LOCAL_TABLES_DIR, RESULTS_DIR, check_plain_name, refuse_reference
 from sorsa_repro.reporting.aggregate import METHOD_ORDER, Summary, load_experiment, method_name, ordered
 from sorsa_repro.reporting.claims_report import scale_note
 from sorsa_repro.reporting.claims_report import to_markdown as claims_markdown
@@ -48,6 +48,7 @@ class WandbArgs:
     heldout_key: str = "train/heldout_loss"
     lr_key: str = "train.lr_multiplier"  # W&B config key of the learning-rate multiplier
     lr_study_dir: str = ""  # where <experiment>_lr lies (default: results_dir)
+    update_reference: str = "false"
 
 
 def offline_message(args: WandbArgs, reason: str) -> str:
@@ -206,6 +207,8 @@ CLI = KeyValueCli(
         "heldout_key": "W&B held-out loss key (default train/heldout_loss)",
         "lr_key": "W&B config key of the learning-rate multiplier (default train.lr_multiplier)",
         "lr_study_dir": f"the folder holding <experiment>{study_experiment('')} (default: results_dir)",
+        "update_reference": "true: allow running inside the committed reference (wandb writes its wandb/ log "
+        "folder into the current folder), maintainers only",
     },
 )
 
@@ -215,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     args = WandbArgs(**values)
     if not args.experiment:
         CLI.fail("experiment=<name> is required")
+    try:  # the report goes to W&B; what it writes here is wandb's own log folder, in the current folder
+        check_plain_name("experiment", args.experiment)
+        update = args.update_reference.lower() in ("1", "true", "yes")
+        refuse_reference({"cwd": Path.cwd() / "wandb"}, update, "the W&B report")
+    except ValueError as err:
+        print(f"{CLI.prog}: error: {err}", file=sys.stderr)
+        return 2
     args.entity = args.entity or os.environ.get("WANDB_ENTITY", "")
     args.project = args.project or os.environ.get("WANDB_PROJECT", "")
     reason = offline_reason()

@@ -74,3 +74,9 @@ class HeldOut:
     @property
     def rows(self) -> int:
         return sum(len(b["input_ids"]) for b in self.batches)
+
+
+def heldout_set(cfg, data) -> HeldOut:
+    """A run's held-out rows (its data module's) in fixed batches, and when to measure them (``cfg.train``)."""
+    batches = data.heldout_batches(int(cfg.train.get("heldout_batch_size", 16)))
+    return HeldOut(batches, int(cfg.train.get("heldout_every", 0)))

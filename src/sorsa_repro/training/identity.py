@@ -18,6 +18,7 @@ IDENTITY_SECTIONS = ("model", "method", "data", "train", "trainer")
 NON_IDENTITY = {
     "train": {
         "checkpoint_every",
+        "keep_previous_checkpoint",
         "save_adapter",
         "export_merged",
         "spectral_every",

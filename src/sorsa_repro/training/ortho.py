@@ -31,6 +31,9 @@ REGULARIZED_METHODS = ("sorsa",)  # SVFit freezes the vectors: its gamma is refu
 
 def reference_coefficient(gamma: float, base_lr: float, accumulation: int) -> float:
     """gamma / (base lr x reference accumulation steps): the factor on dL_orth added to the gradients."""
+    for name, value in (("gamma", gamma), ("lr", base_lr), ("ortho_accumulation", accumulation)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"method.{name}={value!r} must be a number")
     if base_lr <= 0 or accumulation < 1:
         raise ValueError(f"base lr must be > 0 and accumulation >= 1, got {base_lr} and {accumulation}")
     return float(gamma) / (float(base_lr) * int(accumulation))

@@ -17,8 +17,29 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+def release_freed_memory() -> None:
+    """Hand what earlier runs of this process left behind back to the system before a run starts: their
+    objects held in reference cycles (a trainer and its module refer to each other: freed only by the cycle
+    collector, which may not have run yet), and the heap pages glibc keeps after a free (``malloc_trim``).
+    Otherwise a run after a full fine-tuning job in the same sweep process starts from that job's
+    resident memory, and its peak is the leftover, not its own."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def reset_peak_memory() -> str:
-    """Start a new peak; returns the scope the next ``peak_memory_mb`` covers: "run" or "process"."""
+    """Start a new peak (after ``release_freed_memory``); returns the scope the next ``peak_memory_mb``
+    covers: "run" or "process"."""
+    release_freed_memory()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return "run"

@@ -87,6 +87,8 @@ def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path, heldou
 def build_trainer(cfg: DictConfig, run_dir: Path, total_steps: int, precision, pretrained, loggers):
     import lightning as L
 
+    from sorsa_repro.training.checkpoints import AtomicCheckpointIO
+
     return L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -97,6 +99,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, total_steps: int, precision, p
         max_epochs=-1,
         accumulate_grad_batches=cfg.train.accumulate,
         callbacks=_callbacks(cfg, run_dir, pretrained),
+        # written beside checkpoints/last.ckpt and renamed over it, the one before kept (training/checkpoints.py)
+        plugins=[AtomicCheckpointIO(keep_previous=bool(cfg.train.get("keep_previous_checkpoint", True)))],
         logger=loggers or False,
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,

@@ -1,15 +1,17 @@
-"""A Hydra callback (set in conf/train.yaml) around every multirun sweep.
+"""A Hydra callback (set in conf/train.yaml) around every multirun sweep, and before a single run.
 
 Before the first job: compose and validate every job's config (unknown method, impossible rank, bad
 evaluation options, missing data, a run folder holding another config) and reject jobs that would share a
 run folder; nothing runs unless all jobs are valid. After the last job: read each job's run folder, print
 one line per job and exit non-zero, listing the failed jobs, when any job did not finish. Statuses are read
-from the run folders, so this works for jobs launched on other machines (SLURM) too.
+from the run folders, so this works for jobs launched on other machines (SLURM) too. A single run (no
+``-m``) is validated the same way before Hydra creates its output folder: a rejected command writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from hydra import compose
@@ -79,7 +81,30 @@ def job_outcome(cfg: DictConfig) -> str:
     return "ok"
 
 
+# a single run: the deepest folder at or above results_dir that existed before Hydra made its output folder in
+# it; a run rejected after that (train.discard_hydra_output) removes what Hydra made below it
+EXISTED_BEFORE: dict[str, Path] = {}
+
+
+def deepest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 class ValidateSweep(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        """A single run: validate its config before Hydra creates its output folder
+        (``<results_dir>/.hydra/...``), so that a rejected command writes nothing at all."""
+        from sorsa_repro.console import configure_console
+        from sorsa_repro.training.task import validate_config
+
+        configure_console(bool(config.hydra.get("verbose")))
+        try:
+            validate_config(config)
+        except Exception as err:  # Hydra turns a callback's Exception into a warning; SystemExit stops
+            raise SystemExit(f"error: {type(err).__name__}: {err}") from None
+        EXISTED_BEFORE["results_dir"] = deepest_existing(Path(str(config.results_dir)))
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
             self.jobs = validate_sweep(config, kwargs.get("config_name") or "train")

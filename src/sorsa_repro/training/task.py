@@ -32,16 +32,17 @@ from sorsa_repro.results import (
     stage,
     update_result,
 )
+from sorsa_repro.training.checkpoints import CHECKPOINT, resume_checkpoint
 from sorsa_repro.training.distributed import fsdp_root, is_global_zero, whole_model
-from sorsa_repro.training.heldout import HeldOut, heldout_loss
+from sorsa_repro.training.heldout import heldout_set
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.init_data import InitData, init_data, load_initial, save_initial
 from sorsa_repro.training.record import (
+    attempt_record,
     fit_statistics,
     run_block,
     start_record,
     with_export_time,
-    write_metrics,
 )
 from sorsa_repro.training.resources import peak_memory_mb, reset_peak_memory
 from sorsa_repro.training.setup import (
@@ -61,7 +62,6 @@ from sorsa_repro.training.validate import (
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoints/last.ckpt"
 # what a run writes into its folder; removed only when overwrite=true replaces another config's run
 RUN_OUTPUTS = (
     "checkpoints",
@@ -72,6 +72,7 @@ RUN_OUTPUTS = (
     "metrics.csv",
     "spectral.csv",
     "result.json",
+    "error.txt",
 )
 
 
@@ -171,34 +172,46 @@ def train_in_folder(prepared: PreparedRun) -> Path:
         remove_temp_files(run_dir)  # a killed export's half-written folder
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(without_hydra(cfg), resolve=True))
         update_result(run_dir, {"config_hash": prepared.digest, "run": run_block(cfg)})
-    with stage(run_dir, "train", enabled=is_global_zero()):
-        _fit_and_export(prepared, previous.get("train", {}))
+    with (
+        stage(run_dir, "train", enabled=is_global_zero()),
+        attempt_record(run_dir, enabled=is_global_zero()) as progress,  # every attempt, however it ends
+    ):
+        _fit_and_export(prepared, progress)
     return run_dir
 
 
-def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
-    """Build, fit (resuming from the checkpoint if there is one), record and export, in that order."""
+def _fit_and_export(prepared: PreparedRun, progress: dict) -> None:
+    """Build, fit (resuming from the checkpoint if there is one), record and export, in that order;
+    ``progress`` tells ``attempt_record`` what an interrupted attempt got to."""
     import lightning as L
 
     cfg, run_dir = prepared.cfg, prepared.run_dir
     L.seed_everything(cfg.seed, workers=True)
     model_dtype, precision = PRECISIONS[cfg.train.precision]
-    memory_scope = reset_peak_memory()
+    memory_scope = progress["memory_scope"] = reset_peak_memory()
     started = time.perf_counter()
+    resume = resume_checkpoint(run_dir, set_aside=is_global_zero())  # an unreadable one is named
     # EVA/CorDA: a resumed run restores its init from the first attempt's result instead of reading the data
-    initial = load_initial(run_dir) if prepared.init_data and (run_dir / CHECKPOINT).exists() else None
+    initial = load_initial(run_dir) if prepared.init_data and resume is not None else None
     batches = prepared.init_data.batches if prepared.init_data and initial is None else None
     model, pretrained, init_s, trainable, total, method_s = build_model(
         cfg, prepared.method, model_dtype, run_dir.name, batches, initial
     )
+    progress["init_time_s"] = round(init_s, 2)
     if batches is not None and is_global_zero():
         save_initial(run_dir, model.initial_adapter_state)  # before the first checkpoint
-    if prepared.method.name in UNTRAINED_METHODS:
+    if prepared.method.name in UNTRAINED_METHODS:  # the base model: its held-out loss and export, no step
         if is_global_zero():
+            from sorsa_repro.training.untrained import record_untrained
+
             counts = {"trainable_params": trainable, "total_params": total, "init_time_s": round(init_s, 2)}
-            _record_untrained(prepared, model, model_dtype, counts, started, memory_scope, before)
+            record_untrained(prepared, model, model_dtype, counts, started, memory_scope)
+            _export(model, prepared.tokenizer, cfg, run_dir, prepared.method)
+            train = load_result(run_dir)["train"]
+            update_result(run_dir, {"train": with_export_time(train, time.perf_counter() - started)})
         return
-    module = build_module(cfg, model, prepared.total_steps, run_dir, heldout_set(prepared))
+    heldout = heldout_set(cfg, prepared.data)
+    module = progress["module"] = build_module(cfg, model, prepared.total_steps, run_dir, heldout)
     if is_global_zero():
         settings = {
             "trainable_params": trainable,
@@ -218,7 +231,7 @@ def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
         update_result(run_dir, start_record(cfg, prepared, settings, model_dtype, world_size(cfg)))
     loggers = build_loggers(cfg, run_dir, trainable, total)
     trainer = build_trainer(cfg, run_dir, prepared.total_steps, precision, pretrained, loggers)
-    _fit(trainer, module, prepared, loggers)
+    _fit(trainer, module, prepared, loggers, resume)
     attempt = {
         "start_step": trainer.global_step if module.start_step is None else module.start_step,
         "end_step": trainer.global_step,
@@ -229,7 +242,7 @@ def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
         "peak_memory_mb": peak_memory_mb(),
     }
     if trainer.is_global_zero:
-        update_result(run_dir, {"train": fit_statistics(run_dir, before, attempt, memory_scope)})
+        update_result(run_dir, {"train": fit_statistics(run_dir, attempt, memory_scope)})
     with whole_model(model, fsdp_root(trainer)):  # under FSDP: all ranks gather, rank 0 writes
         if trainer.is_global_zero:
             _export(model, prepared.tokenizer, cfg, run_dir, prepared.method)
@@ -238,44 +251,11 @@ def _fit_and_export(prepared: PreparedRun, before: dict) -> None:
         update_result(run_dir, {"train": with_export_time(train, time.perf_counter() - started)})
 
 
-def heldout_set(prepared: PreparedRun) -> HeldOut:
-    """The run's held-out rows in fixed batches, and when to measure them."""
-    train = prepared.cfg.train
-    batches = prepared.data.heldout_batches(int(train.get("heldout_batch_size", 16)))
-    return HeldOut(batches, int(train.get("heldout_every", 0)))
-
-
-def _record_untrained(prepared: PreparedRun, model, dtype: str, counts: dict, started, memory_scope, before):
-    """The base model's run: its held-out loss at step 0 (metrics.csv and result.json) and its merged export,
-    which evaluation reads like any run's."""
-    cfg, run_dir = prepared.cfg, prepared.run_dir
-    heldout = heldout_set(prepared)
-    measured = time.perf_counter()
-    loss = heldout_loss(model, heldout.batches) if heldout.batches else None
-    heldout_s = time.perf_counter() - measured
-    write_metrics(run_dir / "metrics.csv", [{"step": 0, "heldout_loss": loss}])
-    # its protocol is the experiment's (the budget the trained runs share), its own train block 0 steps
-    record = start_record(cfg, prepared, {**counts, "lr": None, "ortho": None}, dtype, 1)
-    update_result(run_dir, {**record, "train": {**record["train"], "total_steps": 0}})
-    attempt = {
-        "start_step": 0,
-        "end_step": 0,
-        "init_time_s": counts["init_time_s"],
-        "fit_time_s": round(time.perf_counter() - started, 2),
-        "heldout_time_s": round(heldout_s, 2),
-        "peak_memory_mb": peak_memory_mb(),
-    }
-    update_result(run_dir, {"train": fit_statistics(run_dir, before, attempt, memory_scope)})
-    _export(model, prepared.tokenizer, cfg, run_dir, prepared.method)
-    train = load_result(run_dir)["train"]
-    update_result(run_dir, {"train": with_export_time(train, time.perf_counter() - started)})
-
-
-def _fit(trainer, module, prepared: PreparedRun, loggers: list) -> None:
-    """Fit to the run's last step (from the checkpoint if one exists) and leave a checkpoint of that step."""
+def _fit(trainer, module, prepared: PreparedRun, loggers: list, resume: Path | None) -> None:
+    """Fit to the run's last step (from ``resume``, a checkpoint, if given) and leave a checkpoint of that step."""
     ckpt = prepared.run_dir / CHECKPOINT
     try:
-        trainer.fit(module, datamodule=prepared.data, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        trainer.fit(module, datamodule=prepared.data, ckpt_path=str(resume) if resume else None)
     finally:
         for lg in loggers:
             lg.finalize("success")

@@ -69,8 +69,10 @@ def training_settings(cfg: DictConfig) -> tuple[OptimSettings, Regularizer | Non
 def validate_config(cfg: DictConfig) -> MethodConfig:
     """Check the method, budget, model shapes, training data, evaluation options and the run folder."""
     check_known_keys(cfg)
+    check_numbers(cfg)
     method = method_config(cfg)
     _check_training(cfg, method)
+    check_run_location(cfg)
     build_strategy(cfg)  # a strategy the config cannot run with fails here
     _check_model(cfg, method)
     check_train_data(
@@ -86,6 +88,37 @@ def validate_config(cfg: DictConfig) -> MethodConfig:
     check_evaluation(cfg)
     check_run_folder(cfg)
     return method
+
+
+# options that must be numbers ("abc" would fail later as a TypeError deep inside); None: may be null
+NUMBERS = {
+    "method": {"lr": False, "gamma": True, "ortho_accumulation": True},
+    "train": {
+        "lr_multiplier": False,
+        "weight_decay": False,
+        "warmup_ratio": False,
+        "grad_clip": True,
+        "batch_size": False,
+        "global_batch_size": True,
+        "epochs": False,
+        "max_steps": True,
+        "checkpoint_every": False,
+    },
+}
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """A ValueError naming the option when one of ``NUMBERS`` is not a number (``method.lr=abc``)."""
+    for section, keys in NUMBERS.items():
+        node = cfg.get(section)
+        for key, nullable in keys.items():
+            if node is None or key not in node:
+                continue
+            value = node[key]
+            if value is None and nullable:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{section}.{key}={value!r} must be a number")
 
 
 def _check_training(cfg: DictConfig, method: MethodConfig) -> None:
@@ -170,6 +203,46 @@ def check_evaluation(cfg: DictConfig) -> None:
     resolve_backend(eval_cfg.backend)
     for benchmark in eval_cfg.benchmarks:
         check_eval_data(benchmark, eval_cfg.data_dir)
+
+
+# what a run folder holds (training/task.py RUN_OUTPUTS and the rest): a folder holding one of these marks
+RUN_FOLDER_MARKS = ("result.json", ".lock")
+
+
+def check_run_location(cfg: DictConfig) -> None:
+    """Where the run would write, checked before anything is written: the names that become parts of the
+    path (experiment_name, variant, run_name) are plain names, so the run folder stays inside results_dir;
+    results_dir is not empty (``''`` would be the filesystem root); a ``run_dir`` given by hand is a
+    non-empty path that is not an existing folder of something else (``/etc``, the current folder); and
+    nothing lies in the committed reference without ``update_reference=true``."""
+    from sorsa_repro.layout import check_plain_name, refuse_reference
+
+    results_dir = str(cfg.results_dir)
+    if not results_dir.strip() or Path(results_dir).resolve() == Path("/"):
+        raise ValueError(f"results_dir={results_dir!r}: give the folder the run folders go into")
+    check_plain_name("experiment_name", cfg.experiment_name)
+    check_plain_name("variant", cfg.variant, allow_empty=True)
+    check_plain_name("run_name", cfg.run_name)
+    run_dir = str(cfg.run_dir)
+    if run_dir != f"{results_dir}/{cfg.experiment_name}/{cfg.run_name}":  # given by hand
+        _check_explicit_run_dir(run_dir)
+    refuse_reference(
+        {"results_dir": results_dir, "run_dir": run_dir}, bool(cfg.get("update_reference")), "training"
+    )
+
+
+def _check_explicit_run_dir(run_dir: str) -> None:
+    path = Path(run_dir).expanduser()
+    if not run_dir.strip() or path.resolve() == Path("/"):
+        raise ValueError(f"run_dir={run_dir!r}: give a folder for the run (or leave run_dir to results_dir)")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"run_dir={run_dir} is a file, not a run folder")
+    if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in RUN_FOLDER_MARKS):
+        raise ValueError(
+            f"run_dir={run_dir} ({path.resolve()}) is an existing folder that holds no run (no "
+            f"{' or '.join(RUN_FOLDER_MARKS)}): a run writes and replaces merged/, adapter/, checkpoints/ ... "
+            "in its folder, so it takes only an empty or new folder or a run folder; nothing was written"
+        )
 
 
 class RunFolderConflictError(ValueError):
