@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sorsa_repro.methods import MethodConfig, merge_model, save_adapter, save_sorsa_lora
+from sorsa_repro.progress import PhaseTimes
 from sorsa_repro.results import (
     atomic_dir,
     atomic_write_text,
@@ -233,18 +234,21 @@ def _fit(trainer, module, prepared: PreparedRun, loggers: list) -> None:
 
 
 def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
+    times = PhaseTimes("exports written", log)  # one line: the time of each
     if cfg.train.save_adapter and method.name != "full":
-        with atomic_dir(run_dir / "adapter") as tmp:
+        with times.phase("adapter/"), atomic_dir(run_dir / "adapter") as tmp:
             save_adapter(model, tmp, base_model=cfg.model.name)
     # adapter/ is SORSA's (and SVFit's) own format; this is peft's
     if cfg.train.save_adapter and method.name in ("sorsa", "svfit"):
-        with atomic_dir(run_dir / "adapter_lora") as tmp:
+        with times.phase("adapter_lora/"), atomic_dir(run_dir / "adapter_lora") as tmp:
             save_sorsa_lora(model, tmp, base_model=cfg.model.name)
     if cfg.train.export_merged:
-        merged = merge_model(model)
-        with atomic_dir(run_dir / "merged") as tmp:
-            merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        with times.phase("merged/"):
+            merged = merge_model(model)
+            with atomic_dir(run_dir / "merged") as tmp:
+                merged.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+    times.close()
 
 
 __all__ = [
