@@ -28,19 +28,31 @@ LOG_FILE = "train.log"
 def run_job(cfg: DictConfig) -> dict:
     """Train, then evaluate; returns ``{"run_dir", "status": "ok" | "failed", "error"}``.
 
-    Outside a multirun every error is raised; in a multirun an Exception is logged and reported (the
+    Outside a multirun every error is raised: one before the run started (validation, data, the run folder)
+    marked ``cli_errors.NOT_STARTED`` and not logged (the command prints it as one line), a later one logged
+    with its traceback and marked ``cli_errors.LOGGED``. In a multirun an Exception is logged and reported (the
     sweep goes on), while Ctrl-C and SIGTERM end the sweep.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from sorsa_repro.cli_errors import LOGGED, NOT_STARTED, mark, one_line
     from sorsa_repro.training.distributed import is_global_zero, release_process_group
     from sorsa_repro.training.task import claim_run_folder, prepare_training, train_in_folder
 
     configure_console(hydra_verbose(), lightning=True)
-    run_dir = Path(cfg.run_dir)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        run_dir = Path(cfg.run_dir)
         prepared = prepare_training(cfg)  # validation and data: nothing is written when they fail
+    except Exception as err:
+        if not multirun:
+            mark(err, NOT_STARTED)
+            raise
+        where = _safe_run_dir(cfg)
+        log.error("run %s not started: %s", where, one_line(err))
+        return {"run_dir": where, "status": "failed", "error": f"not started: {one_line(err)}"}
+    try:
         with claim_run_folder(run_dir), _log_to(run_dir / LOG_FILE, is_global_zero()):
             train_in_folder(prepared)
             release_process_group()  # multi-GPU training is over; evaluation is one process on one GPU
@@ -53,9 +65,17 @@ def run_job(cfg: DictConfig) -> dict:
         return {"run_dir": str(run_dir), "status": "ok", "error": None}
     except Exception as err:
         log.exception("run %s failed", run_dir)
-        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        if not multirun:
+            mark(err, LOGGED)
             raise
         return {"run_dir": str(run_dir), "status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def _safe_run_dir(cfg: DictConfig) -> str:
+    try:
+        return str(cfg.run_dir)
+    except Exception:  # the folder name itself did not resolve (e.g. method=peft without method.config)
+        return f"{cfg.get('results_dir', 'results')}/{cfg.get('experiment_name', '?')}/<unresolved>"
 
 
 def run_summary(run_dir: Path) -> str:
@@ -93,15 +113,24 @@ def _log_to(path: Path, enabled: bool = True):
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> dict:
-    return run_job(cfg)
+    from sorsa_repro.cli_errors import as_exit
+
+    try:
+        return run_job(cfg)
+    except Exception as err:  # printed once: a usage error as one line, a failure as its logged traceback
+        exit_ = as_exit(err)
+        if exit_ is err:
+            raise
+        raise exit_ from err
 
 
 def main() -> None:
     from sorsa_repro import cpu_threads
+    from sorsa_repro.cli_errors import run_entry_point
 
     cpu_threads.configure()  # before torch is imported: OpenMP reads the settings once
     exit_on_sigterm()
-    _main()
+    run_entry_point("sorsa-train", "train", _main)
 
 
 if __name__ == "__main__":

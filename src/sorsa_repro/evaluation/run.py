@@ -214,6 +214,18 @@ def _backend_factory(backend_name: str, cfg: EvalConfig, model_ref, model, token
     return factory
 
 
+def check_evaluation(cfg: Mapping | EvalConfig) -> EvalConfig:
+    """What ``evaluate`` checks before a model loads, and nothing written: the options, the backend, the run
+    folder's export or the model folder, the adapter and the benchmarks' local data files."""
+    from sorsa_repro.data import check_eval_data
+
+    cfg = EvalConfig.from_mapping(cfg)
+    resolve_target(cfg, _backend_name(cfg, False))
+    for benchmark in cfg.benchmarks:
+        check_eval_data(benchmark, cfg.data_dir)
+    return cfg
+
+
 def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
     """Run the configured evaluation in this process; returns ``{benchmark: result.json eval entry}``.
 

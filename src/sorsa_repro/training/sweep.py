@@ -10,6 +10,7 @@ from the run folders, so this works for jobs launched on other machines (SLURM) 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from hydra import compose
@@ -32,6 +33,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 
 def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple[list[str], DictConfig]]:
     """Compose and validate every job's config; raise one ValueError listing all bad jobs."""
+    from sorsa_repro.cli_errors import describe
     from sorsa_repro.training.task import validate_config
 
     all_jobs = sweep_jobs(config)
@@ -41,7 +43,7 @@ def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple
             cfg = compose(config_name=config_name, overrides=job)
             validate_config(cfg)
         except Exception as err:  # unknown config option, impossible rank, missing data, ...
-            problems.append(f"  {' '.join(job)}\n    -> {type(err).__name__}: {str(err).splitlines()[0]}")
+            problems.append(f"  {' '.join(job)}\n    -> {describe(err, 'train')}")
             continue
         jobs.append((job, cfg))
         folders.setdefault(str(cfg.run_dir), []).append(" ".join(job))
@@ -83,7 +85,8 @@ class ValidateSweep(Callback):
             self.jobs = validate_sweep(config, kwargs.get("config_name") or "train")
         except ValueError as err:
             # Hydra turns a callback's Exception into a warning and goes on; SystemExit stops the sweep
-            raise SystemExit(f"error: {err}") from None
+            print(f"sorsa-train: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         log.info("sweep: %d jobs validated", len(self.jobs))
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
