@@ -37,12 +37,16 @@ def run_job(cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
     from sorsa_repro.cli_errors import LOGGED, NOT_STARTED, mark, one_line
+    from sorsa_repro.training.derived import apply_derived_settings
     from sorsa_repro.training.distributed import is_global_zero, release_process_group
     from sorsa_repro.training.task import claim_run_folder, prepare_training, train_in_folder
 
     configure_console(hydra_verbose(), lightning=True)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
     try:
+        for note in apply_derived_settings(cfg, overrides):
+            log.info(note)
         run_dir = Path(cfg.run_dir)
         prepared = prepare_training(cfg)  # validation and data: nothing is written when they fail
     except Exception as err:

@@ -34,6 +34,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple[list[str], DictConfig]]:
     """Compose and validate every job's config; raise one ValueError listing all bad jobs."""
     from sorsa_repro.cli_errors import describe
+    from sorsa_repro.training.derived import apply_derived_settings
     from sorsa_repro.training.task import validate_config
 
     all_jobs = sweep_jobs(config)
@@ -41,6 +42,7 @@ def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple
     for job in all_jobs:
         try:
             cfg = compose(config_name=config_name, overrides=job)
+            apply_derived_settings(cfg, job)  # as the job itself will (train.run_job)
             validate_config(cfg)
         except Exception as err:  # unknown config option, impossible rank, missing data, ...
             problems.append(f"  {' '.join(job)}\n    -> {describe(err, 'train')}")

@@ -27,6 +27,7 @@ from sorsa_repro.results import (
     stage,
     update_result,
 )
+from sorsa_repro.training.derived import apply_derived_settings
 from sorsa_repro.training.distributed import fsdp_root, is_global_zero, whole_model
 from sorsa_repro.training.identity import config_hash
 from sorsa_repro.training.init_data import InitData, init_data, load_initial, save_initial
@@ -92,6 +93,7 @@ def prepare_training(cfg: DictConfig) -> PreparedRun:
     from sorsa_repro.data import MathDataModule
     from sorsa_repro.models import load_tokenizer
 
+    apply_derived_settings(cfg)  # method=peft: the rank of its config file (training/derived.py)
     method = validate_config(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
     data = MathDataModule(
