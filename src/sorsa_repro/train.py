@@ -56,6 +56,8 @@ def run_job(cfg: DictConfig) -> dict:
         where = _safe_run_dir(cfg)
         log.error("run %s not started: %s", where, one_line(err))
         return {"run_dir": where, "status": "failed", "error": f"not started: {one_line(err)}"}
+    if is_global_zero() and (note := data_note(cfg, prepared)):
+        log.info(note)
     try:
         with claim_run_folder(run_dir), _log_to(run_dir / LOG_FILE, is_global_zero()):
             train_in_folder(prepared)
@@ -80,6 +82,42 @@ def _safe_run_dir(cfg: DictConfig) -> str:
         return str(cfg.run_dir)
     except Exception:  # the folder name itself did not resolve (e.g. method=peft without method.config)
         return f"{cfg.get('results_dir', 'results')}/{cfg.get('experiment_name', '?')}/<unresolved>"
+
+
+def data_note(cfg: DictConfig, prepared) -> str | None:
+    """How many training examples the run uses, and why: ``data.limit`` (often the experiment's) cuts them.
+    None when the prepared run holds no data module."""
+    from sorsa_repro.data.rows import source_rows
+
+    used = getattr(getattr(prepared, "data", None), "num_train_examples", None)
+    if used is None:
+        return None
+    name, limit = str(cfg.data.name), cfg.data.limit
+    if name == "synthetic":
+        return f"data: {used} generated problems" + (
+            f" (data.limit={limit}{_limit_origin()})" if limit else ""
+        )
+    if limit is None:
+        return f"data: all {used} examples of {name}"
+    total = source_rows(name, cfg.data.get("data_dir"))
+    of = f" of its {total} rows" if total is not None else ""
+    return (
+        f"data: the first {used} examples of {name}{of} (data.limit={limit}{_limit_origin()}; "
+        "data.limit=null trains on all of them)"
+    )
+
+
+def _limit_origin() -> str:
+    """Where data.limit came from, when Hydra knows: the command line or the experiment file."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    hydra_cfg = HydraConfig.get()
+    if any(o.split("=", 1)[0].lstrip("+") == "data.limit" for o in hydra_cfg.overrides.task):
+        return ", given on the command line"
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    return f", set by experiment={experiment}" if experiment not in (None, "null") else ""
 
 
 def run_summary(run_dir: Path) -> str:
