@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sorsa_repro.results import UnreadableResultError, load_result
+from sorsa_repro.training.launcher import check_launcher
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple
             cfg = compose(config_name=config_name, overrides=job)
             apply_derived_settings(cfg, job)  # as the job itself will (train.run_job)
             validate_config(cfg)
+            check_launcher(config, cfg)
         except Exception as err:  # unknown config option, impossible rank, missing data, ...
             problems.append(f"  {' '.join(job)}\n    -> {describe(err, 'train')}")
             continue
