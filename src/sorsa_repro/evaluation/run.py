@@ -31,6 +31,7 @@ from sorsa_repro.evaluation.backends import (
     timed_generate,
 )
 from sorsa_repro.evaluation.config import EvalConfig, eval_config_for_training
+from sorsa_repro.evaluation.lm_eval_format import write_lm_eval_results
 from sorsa_repro.evaluation.predictions import (
     make_row,
     predictions_path,
@@ -266,9 +267,11 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
                 update_result(
                     out_dir, {"provenance": {**provenance(), "model": cfg.model, "adapter": cfg.adapter}}
                 )
-            return {
+            scores = {
                 b: _evaluate_benchmark(cfg, b, examples[b], backend, out_dir, name) for b in cfg.benchmarks
             }
+            write_lm_eval_results(out_dir)  # the same scores in lm-evaluation-harness's schema
+            return scores
         finally:
             backend.close()
 
