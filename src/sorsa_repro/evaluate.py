@@ -67,6 +67,10 @@ def _main(cfg: DictConfig) -> None:
     except Exception:  # a failure after the start: its traceback, once
         traceback.print_exc()
         raise SystemExit(1) from None
+    if eval_cfg.run is not None:
+        from sorsa_repro.train import after_evaluation
+
+        after_evaluation(eval_cfg.run)  # its model cards get the new scores
     print(score_table(scores), flush=True)
 
 

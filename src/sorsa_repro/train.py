@@ -61,11 +61,17 @@ def run_job(cfg: DictConfig) -> dict:
     try:
         with claim_run_folder(run_dir), _log_to(run_dir / LOG_FILE, is_global_zero()):
             train_in_folder(prepared)
+            if is_global_zero():
+                from sorsa_repro.exports import write_model_cards
+
+                write_model_cards(run_dir)  # (again with the scores after the evaluation)
             release_process_group()  # multi-GPU training is over; evaluation is one process on one GPU
             if cfg.evaluate.benchmarks and is_global_zero():
                 from sorsa_repro.evaluation.run import evaluate_after_training
 
                 evaluate_after_training(run_dir, cfg)
+            if is_global_zero():
+                after_evaluation(run_dir, cfg)
         if is_global_zero():
             print(run_summary(run_dir), flush=True)
         return {"run_dir": str(run_dir), "status": "ok", "error": None}
@@ -118,6 +124,16 @@ def _limit_origin() -> str:
         return ", given on the command line"
     experiment = hydra_cfg.runtime.choices.get("experiment")
     return f", set by experiment={experiment}" if experiment not in (None, "null") else ""
+
+
+def after_evaluation(run_dir: str | Path, cfg: DictConfig | None = None) -> None:
+    """After training and evaluation (or a later ``sorsa-evaluate run=``): the exports' model cards, with the
+    scores when evaluated. ``cfg``: the run's config (unused yet)."""
+    from sorsa_repro.exports import write_model_cards
+    from sorsa_repro.results import run_folder_lock
+
+    with run_folder_lock(run_dir):  # (already held by a training job: the lock is re-entrant)
+        write_model_cards(run_dir)
 
 
 def run_summary(run_dir: Path) -> str:
