@@ -70,7 +70,7 @@ def _main(cfg: DictConfig) -> None:
     if eval_cfg.run is not None:
         from sorsa_repro.train import after_evaluation
 
-        after_evaluation(eval_cfg.run)  # its model cards get the new scores
+        after_evaluation(eval_cfg.run)  # its model cards and its W&B run get the new scores
     print(score_table(scores), flush=True)
 
 

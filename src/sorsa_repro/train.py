@@ -77,6 +77,9 @@ def run_job(cfg: DictConfig) -> dict:
         return {"run_dir": str(run_dir), "status": "ok", "error": None}
     except Exception as err:
         log.exception("run %s failed", run_dir)
+        from sorsa_repro.wandb_eval import close_active_run
+
+        close_active_run()
         if not multirun:
             mark(err, LOGGED)
             raise
@@ -128,12 +131,22 @@ def _limit_origin() -> str:
 
 def after_evaluation(run_dir: str | Path, cfg: DictConfig | None = None) -> None:
     """After training and evaluation (or a later ``sorsa-evaluate run=``): the exports' model cards, with the
-    scores when evaluated. ``cfg``: the run's config (unused yet)."""
+    scores when evaluated, and the W&B run's scores, that run finished here, before the summary prints.
+    ``cfg``: the run's config (default: its config.yaml)."""
+    from omegaconf import OmegaConf
+
     from sorsa_repro.exports import write_model_cards
     from sorsa_repro.results import run_folder_lock
+    from sorsa_repro.wandb_eval import finish_wandb_run
 
+    run_dir = Path(run_dir)
+    if cfg is None:
+        saved = run_dir / "config.yaml"
+        cfg = OmegaConf.load(saved) if saved.is_file() else None
     with run_folder_lock(run_dir):  # (already held by a training job: the lock is re-entrant)
         write_model_cards(run_dir)
+    if cfg is not None:
+        finish_wandb_run(cfg, run_dir)
 
 
 def run_summary(run_dir: Path) -> str:
