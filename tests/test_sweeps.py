@@ -101,7 +101,9 @@ def test_invalid_sweep_fails_before_its_first_job(tmp_path):
     proc = train("+sweep=ranks", "method=sorsa,bogus", "method.rank=8,200", f"results_dir={tmp_path}", *TINY)
     assert proc.returncode != 0
     assert "3 of 4 sweep jobs are invalid; nothing was run" in proc.stderr
-    assert "Could not find 'method/bogus'" in proc.stderr and "rank 200 is larger" in proc.stderr
+    assert (
+        "method=bogus: no such option in conf/method/" in proc.stderr and "rank 200 is larger" in proc.stderr
+    )
     assert not (tmp_path / "mini").exists()
 
 

@@ -132,6 +132,7 @@ class HFBackend:
         # longest first: less padding per batch, and an out-of-memory error shows on the first batch
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         out: list[Completion | None] = [None] * len(prompts)
+        progress = _GenerationProgress(len(prompts), self.batch_size, max_new_tokens)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
@@ -146,17 +147,63 @@ class HFBackend:
                 eos_token_id=sorted(self.eos_ids),
                 pad_token_id=self.tokenizer.pad_token_id,
                 **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}),
+                stopping_criteria=progress.batch(len(idx)),
             )
             new_tokens = generated[:, batch["input_ids"].shape[1] :].tolist()
             for i, ids in zip(idx, new_tokens, strict=True):
                 # a sequence that ended before the others is padded after its EOS or stop string
                 out[i] = _completion(self.tokenizer, ids, self.eos_ids | {self.tokenizer.pad_token_id}, stop)
+        progress.close()
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
         del self.model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class _GenerationProgress:
+    """Progress lines (every ~10 s) during transformers ``generate``: decoding steps of all batches, prompts
+    done, tokens/s and the time left (at most: a batch stops early once all its sequences ended)."""
+
+    def __init__(self, n_prompts: int, batch_size: int, max_new_tokens: int):
+        from sorsa_repro.progress import Progress
+
+        batches = -(-n_prompts // batch_size)
+        self.progress = Progress("generation", batches * max_new_tokens, "decoding steps", log=logger)
+        self.n_prompts, self.max_new_tokens = n_prompts, max_new_tokens
+        self.prompts_done = self.batches = self.tokens = self.rows = 0
+
+    def batch(self, rows: int):
+        """A stopping criterion for one batch's ``generate`` that stops nothing and counts its steps."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        self.prompts_done += self.rows  # the previous batch's prompts
+        self.rows, base = rows, self.batches * self.max_new_tokens
+        self.batches += 1
+        progress = self
+
+        class EachStep(StoppingCriteria):
+            steps = 0
+
+            def __call__(self, input_ids, scores, **kwargs):
+                self.steps += 1
+                progress.step(base + self.steps, rows)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([EachStep()])
+
+    def step(self, steps_done: int, rows: int) -> None:
+        self.tokens += rows
+
+        def extra() -> str:
+            elapsed = max(self.progress.clock() - self.progress.start, 1e-9)
+            return f"{self.prompts_done}/{self.n_prompts} prompts done, ~{self.tokens / elapsed:.1f} tokens/s"
+
+        self.progress.update(done=steps_done, extra=extra)
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def set_vllm_cpu_env() -> None:

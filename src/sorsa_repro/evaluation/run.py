@@ -31,6 +31,7 @@ from sorsa_repro.evaluation.backends import (
     timed_generate,
 )
 from sorsa_repro.evaluation.config import EvalConfig, check_target, eval_config_for_training
+from sorsa_repro.evaluation.lm_eval_format import write_lm_eval_results
 from sorsa_repro.evaluation.predictions import (
     make_row,
     predictions_path,
@@ -215,6 +216,18 @@ def _backend_factory(backend_name: str, cfg: EvalConfig, model_ref, model, token
     return factory
 
 
+def check_evaluation(cfg: Mapping | EvalConfig) -> EvalConfig:
+    """What ``evaluate`` checks before a model loads, and nothing written: the options, the backend, the run
+    folder's export or the model folder, the adapter and the benchmarks' local data files."""
+    from sorsa_repro.data import check_eval_data
+
+    cfg = EvalConfig.from_mapping(cfg)
+    check_target(cfg, _backend_name(cfg, False))
+    for benchmark in cfg.benchmarks:
+        check_eval_data(benchmark, cfg.data_dir)
+    return cfg
+
+
 def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
     """Run the configured evaluation in this process; returns ``{benchmark: result.json eval entry}``.
 
@@ -255,9 +268,11 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
                 update_result(
                     out_dir, {"provenance": {**provenance(), "model": cfg.model, "adapter": cfg.adapter}}
                 )
-            return {
+            scores = {
                 b: _evaluate_benchmark(cfg, b, examples[b], backend, out_dir, name) for b in cfg.benchmarks
             }
+            write_lm_eval_results(out_dir)  # the same scores in lm-evaluation-harness's schema
+            return scores
         finally:
             backend.close()
 

@@ -95,7 +95,11 @@ def init_milora(peft_model: nn.Module) -> nn.Module:
     scale B0 A0 = U_min S_min V_min^T whatever alpha). peft has no such init, so the config is marked
     ``init_lora_weights="milora"`` afterwards: ``save_peft_adapter`` then converts it to a rank-2r LoRA relative
     to the unmodified W as it does PiSSA, and ``load_peft_adapter`` rebuilds it from the file without an SVD."""
-    for layer in lora_layers(peft_model).values():
+    from sorsa_repro.progress import Progress
+
+    layers = lora_layers(peft_model).values()
+    progress = Progress("MiLoRA init (exact SVD)", len(layers), "matrices")  # a line every ~10 s
+    for layer in layers:
         base = layer.get_base_layer()
         weight = base.weight
         r = layer.r["default"]
@@ -110,6 +114,8 @@ def init_milora(peft_model: nn.Module) -> nn.Module:
         # it bit for bit
         delta = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
         base.weight.data = (weight.data.float() - delta.float()).to(weight.dtype)
+        progress.update()
+    progress.close()
     peft_model.peft_config["default"].init_lora_weights = "milora"
     peft_model.initial_adapter_state = {  # B0, A0 on the CPU, for the save conversion (as apply_peft's)
         k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()

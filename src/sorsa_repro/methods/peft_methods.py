@@ -100,6 +100,22 @@ def peft_rank(path: str | os.PathLike) -> int:
         ) from err
 
 
+def _layer_progress(model: nn.Module, config: PeftConfig):
+    """Progress lines (every ~10 s) while peft adapts the target layers one by one."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    from sorsa_repro.progress import Progress, counting_calls
+
+    targets = config.target_modules
+    total = None
+    if isinstance(targets, list | set | tuple):
+        total = sum(1 for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in set(targets))
+    init = getattr(config, "init_lora_weights", True)
+    what = f"{config.peft_type.value.lower()} init" + (f" ({init})" if isinstance(init, str) else "")
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(config.peft_type, type(None))
+    return counting_calls(tuner, "_create_and_replace", Progress(what, total, "matrices"))
+
+
 def needs_data(config: PeftConfig) -> bool:
     return getattr(config, "init_lora_weights", None) in DATA_METHODS
 
@@ -130,7 +146,8 @@ def apply_peft(
         from peft.tuners.lora.corda import preprocess_corda
 
         preprocess_corda(model, config, run_model=lambda: peft_inits.run_one_by_one(model, batches))
-    peft_model = get_peft_model(model, config)
+    with _layer_progress(model, config):  # PiSSA's, OLoRA's, MiCA's SVDs run per layer in here
+        peft_model = get_peft_model(model, config)
     if init == "eva":
         peft_inits.eva_init(peft_model, batches)
     if peft_inits.modifies_base(config) or needs_data(config):

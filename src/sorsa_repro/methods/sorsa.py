@@ -154,14 +154,19 @@ def apply_sorsa(
     train_vectors: bool = True,
 ) -> nn.Module:
     """Replace the named Linear layers by SORSA layers (SVFit: ``train_vectors=False``); freeze everything else."""
+    from sorsa_repro.progress import Progress
+
     for param in model.parameters():
         param.requires_grad_(False)
+    progress = Progress(f"SVD init ({svd}, r={rank})", len(targets), "matrices")  # a line every ~10 s
     for name in targets:
         base = model.get_submodule(name)
         layer = SORSALinear(
             base, rank, alpha, dropout, adapter_dtype, svd, niter, train_vectors=train_vectors
         )
         model.set_submodule(name, layer)
+        progress.update()
+    progress.close()
     return model
 
 

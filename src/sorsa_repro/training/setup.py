@@ -141,7 +141,9 @@ def _pretrained_spectra(cfg: DictConfig, model, dtype: str) -> dict | None:
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -> list:
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from sorsa_repro.training.console_progress import ExportNotice, TrainingBar
 
     callbacks = [
         ModelCheckpoint(
@@ -151,7 +153,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -
             save_last=True,
             enable_version_counter=False,
         ),
-        TQDMProgressBar(refresh_rate=1),
+        TrainingBar(refresh_rate=1),
+        ExportNotice(export_names(cfg)),
     ]
     if cfg.train.spectral_every:
         from sorsa_repro.training.spectral_callback import SpectralCallback
@@ -166,6 +169,14 @@ def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -
             )
         )
     return callbacks
+
+
+def export_names(cfg: DictConfig) -> list[str]:
+    """The folders a finished run writes (``task._export``)."""
+    adapter = cfg.train.save_adapter and cfg.method.name not in ("full", "base")
+    names = ["adapter/"] if adapter else []
+    names += ["adapter_lora/"] if adapter and cfg.method.name in ("sorsa", "svfit") else []
+    return names + (["merged/"] if cfg.train.export_merged else [])
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, trainable: int, total: int) -> list:

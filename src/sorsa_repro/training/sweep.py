@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from hydra import compose
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 
 from sorsa_repro.results import UnreadableResultError, load_result
 from sorsa_repro.training.identity import untrained
+from sorsa_repro.training.launcher import check_launcher
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 
 def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple[list[str], DictConfig]]:
     """Compose and validate every job's config; raise one ValueError listing all bad jobs."""
+    from sorsa_repro.cli_errors import describe
+    from sorsa_repro.training.derived import apply_derived_settings
     from sorsa_repro.training.task import validate_config
 
     all_jobs = sweep_jobs(config)
@@ -42,9 +46,11 @@ def validate_sweep(config: DictConfig, config_name: str = "train") -> list[tuple
     for job in all_jobs:
         try:
             cfg = compose(config_name=config_name, overrides=job)
+            apply_derived_settings(cfg, job)  # as the job itself will (train.run_job)
             validate_config(cfg)
+            check_launcher(config, cfg)
         except Exception as err:  # unknown config option, impossible rank, missing data, ...
-            problems.append(f"  {' '.join(job)}\n    -> {type(err).__name__}: {str(err).splitlines()[0]}")
+            problems.append(f"  {' '.join(job)}\n    -> {describe(err, 'train')}")
             continue
         jobs.append((job, cfg))
         if not untrained(cfg):  # the base model's jobs are one run on purpose: later ones find it finished
@@ -110,7 +116,8 @@ class ValidateSweep(Callback):
             self.jobs = validate_sweep(config, kwargs.get("config_name") or "train")
         except ValueError as err:
             # Hydra turns a callback's Exception into a warning and goes on; SystemExit stops the sweep
-            raise SystemExit(f"error: {err}") from None
+            print(f"sorsa-train: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         log.info("sweep: %d jobs validated", len(self.jobs))
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:

@@ -23,6 +23,7 @@ from sorsa_repro.methods import (
     save_adapter,
     save_sorsa_lora,
 )
+from sorsa_repro.progress import PhaseTimes
 from sorsa_repro.results import (
     atomic_dir,
     atomic_write_text,
@@ -33,6 +34,7 @@ from sorsa_repro.results import (
     update_result,
 )
 from sorsa_repro.training.checkpoints import CHECKPOINT, resume_checkpoint
+from sorsa_repro.training.derived import apply_derived_settings
 from sorsa_repro.training.distributed import fsdp_root, is_global_zero, whole_model
 from sorsa_repro.training.heldout import heldout_set
 from sorsa_repro.training.identity import config_hash
@@ -105,6 +107,7 @@ def prepare_training(cfg: DictConfig) -> PreparedRun:
     from sorsa_repro.data import MathDataModule
     from sorsa_repro.models import load_tokenizer
 
+    apply_derived_settings(cfg)  # method=peft: the rank of its config file (training/derived.py)
     method = validate_config(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
     data = MathDataModule(
@@ -267,18 +270,21 @@ def _fit(trainer, module, prepared: PreparedRun, loggers: list, resume: Path | N
 
 
 def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
+    times = PhaseTimes("exports written", log)  # one line: the time of each
     if cfg.train.save_adapter and method.name not in ("full", *UNTRAINED_METHODS):
-        with atomic_dir(run_dir / "adapter") as tmp:
+        with times.phase("adapter/"), atomic_dir(run_dir / "adapter") as tmp:
             save_adapter(model, tmp, base_model=cfg.model.name)
     # adapter/ is SORSA's (and SVFit's) own format; this is peft's
     if cfg.train.save_adapter and method.name in ("sorsa", "svfit"):
-        with atomic_dir(run_dir / "adapter_lora") as tmp:
+        with times.phase("adapter_lora/"), atomic_dir(run_dir / "adapter_lora") as tmp:
             save_sorsa_lora(model, tmp, base_model=cfg.model.name)
     if cfg.train.export_merged:
-        merged = merge_model(model)
-        with atomic_dir(run_dir / "merged") as tmp:
-            merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        with times.phase("merged/"):
+            merged = merge_model(model)
+            with atomic_dir(run_dir / "merged") as tmp:
+                merged.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+    times.close()
 
 
 __all__ = [
