@@ -326,7 +326,7 @@ def test_regenerated_tables_and_figures_are_byte_identical(tmp_path):
     assert cli.main(argv) == 0
     files = sorted(p for p in (out / "exp").iterdir())
     names = {p.name for p in files}
-    for stem in ("loss", "ortho_penalty", "accuracy_vs_rank"):
+    for stem in ("loss", "ortho_penalty", "accuracy_vs_rank", "accuracy_per_method", "cost_per_method"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
     assert {"main_table.md", "main_table.tex", "rank_table.md", "rank_table.tex", "README.md"} <= names
     first = {p.name: p.read_bytes() for p in files}
@@ -339,6 +339,38 @@ def test_regenerated_tables_and_figures_are_byte_identical(tmp_path):
     readme = first["README.md"].decode()
     assert "![loss](loss.png)" in readme and "r=4 |" in first["rank_table.md"].decode()
     assert "`sorsa-train seed=0`; `sorsa-train seed=1`" in readme and "| scale" in readme
+
+
+def test_runs_without_evaluation_still_fill_the_main_table(tmp_path, capsys):
+    """A training-only experiment (a learning-rate study, evaluate.benchmarks=[]): the main table holds each
+    method's loss, held-out loss, parameters, time, throughput and memory, not a bare header."""
+    for method, seed, heldout in (("lora", 0, 0.9), ("lora", 1, 1.1), ("sorsa", 0, 0.8)):
+        extra = {"heldout_loss": heldout, "peak_memory_mb": 2000.0 + seed, "lr": 2e-4, "lr_multiplier": 10.0}
+        make_run(tmp_path, method, 8, seed, None, train_extra=extra)
+    out = tmp_path / "reports"
+    assert cli.main(["all", "experiment=exp", f"results_dir={tmp_path}", f"out_dir={out}"]) == 0
+    table = (out / "exp" / "main_table.md").read_text()
+    assert "| LoRA   | 8 |   1.0K |     2 | x10 = 0.0002 | 1.0000 ± 0.1414 |" in table
+    assert "**exp: training, per method.**" in table
+    assert "| LoRA   | 8 |     2 | 1.0000 ± 0.0000 | 1.0000 ± 0.1414 |     10 ± 0 |   50 ± 0 | 2000 ± 1 |" in table
+    assert "2000 ± 1" in table and "| SORSA  | 8 |     1 |" in table
+    # the report's folder is named absolutely, wherever the command ran from
+    assert f"report: {(out / 'exp' / 'README.md').resolve()}" in capsys.readouterr().out
+    assert (out / "exp" / "cost_per_method.png").exists() and not (
+        out / "exp" / "accuracy_per_method.png"
+    ).exists()
+
+
+def test_a_curve_of_one_point_is_drawn_with_a_marker(tmp_path):
+    from sorsa_repro.reporting.figures import _curve_figure
+
+    one = pd.DataFrame({"mean": [0.5], "min": [0.4], "max": [0.6], "n": [2]}, index=[16])
+    many = pd.DataFrame({"mean": [1.0] * 8, "min": [1.0] * 8, "max": [1.0] * 8, "n": [2] * 8}, index=range(8))
+    fig = _curve_figure(
+        {("a", 8, ""): one, ("b", 8, ""): many}, {("a", 8, ""): "C0", ("b", 8, ""): "C1"}, "y", "t"
+    )
+    markers = [line.get_marker() for line in fig.axes[0].get_lines()]
+    assert markers == ["o", "None"]
 
 
 def test_analysis_hook_runs_the_spectral_figures(tmp_path):

@@ -273,7 +273,10 @@ def _seed_groups(ok: list[Run], expected_seeds: list[int] | None, notes: list[st
         ],
         columns=[*GROUP_KEYS, "seed", "params", "lr", "lr_multiplier", "heldout"],
     )  # fmt: skip
-    want = set(expected_seeds) if expected_seeds else set(per_run["seed"].dropna())
+    seeded = per_run[
+        ~per_run["method"].isin(SEEDLESS)
+    ]  # the base model's one run is seed 0 whatever they are
+    want = set(expected_seeds) if expected_seeds else set(seeded["seed"].dropna())
     groups = []
     for key, g in per_run.groupby(GROUP_KEYS, sort=False, dropna=False):
         seeds = sorted(s for s in g["seed"].dropna().astype(int).unique())

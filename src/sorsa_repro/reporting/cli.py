@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    folders = sorted({str(path.parent) for path in paths})
+    folders = sorted({str(path.parent.resolve()) for path in paths})  # absolute: wherever it was run from
     names = ", ".join(path.name for path in paths[:-1])
-    print(f"wrote {len(paths)} files into {', '.join(folders)}: {names}; report: {paths[-1]}")
+    print(f"wrote {len(paths)} files into {', '.join(folders)}: {names}; report: {paths[-1].resolve()}")
     return 0
 
 

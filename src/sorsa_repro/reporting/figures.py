@@ -39,6 +39,10 @@ CAPTIONS = {
     f"{_SMOOTH}.",
     "heldout_loss": "Held-out loss (rows never trained on) against optimizer step, at the steps where it was "
     "measured: mean over seeds (markers), band = min–max; not smoothed; dashed = the untrained base model.",
+    "accuracy_per_method": "Accuracy (%) per method, strict answer extraction, each benchmark's first grader: "
+    "correct answers pooled over seeds, bar = Wilson 95% interval; the base model (untrained) is the floor.",
+    "cost_per_method": "Training cost per method: wall time of the training job and its peak memory, mean over "
+    "seeds (bars), min–max (whiskers).",
     "accuracy_vs_rank": "Accuracy (%) against rank, strict answer extraction, grader named in each panel: "
     "mean over seeds, error bars = sample standard deviation (ddof=1; none with one seed).",
 }
@@ -82,6 +86,8 @@ def _curve_figure(curves: dict, colors: dict, ylabel: str, title: str) -> Figure
             c["mean"],
             color=colors[key],
             lw=1.4,
+            marker="o" if len(c) < 4 else None,  # a curve of one point draws nothing without a marker
+            ms=3,
             label=f"{group_label(*key)} (n={int(c['n'].max())})",
         )
         ax.fill_between(c.index, c["min"], c["max"], color=colors[key], alpha=0.2, lw=0)
@@ -105,6 +111,59 @@ def _heldout_figure(curves: dict, colors: dict, floor: float | None, title: str)
     if floor is not None:
         ax.axhline(floor, color="0.4", ls="--", lw=1, label="base model (untrained)")
         ax.legend(frameon=False)
+    return fig
+
+
+def _accuracy_figure(summary: Summary) -> Figure:
+    """One panel per benchmark: each group's pooled accuracy (strict, first grader) with its Wilson interval."""
+    from sorsa_repro.evaluation.summary import wilson
+
+    benches = summary.benchmarks
+    labels = list(summary.groups["label"])
+    fig = Figure(figsize=(3.8 * len(benches), 0.45 * len(labels) + 1.2))
+    for i, bench in enumerate(benches):
+        ax = fig.add_subplot(1, len(benches), i + 1)
+        grader = summary.graders(bench)[0]
+        for y, g in enumerate(summary.groups.itertuples()):
+            runs = [
+                r for r in summary.ok_runs if (r.method, r.rank, r.variant) == (g.method, g.rank, g.variant)
+            ]
+            scores = [r.result.get("eval", {}).get(bench, {}) for r in runs]
+            k = sum((e.get("scores", {}).get(grader) or {}).get("n_strict") or 0 for e in scores)
+            n = sum(e.get("n") or 0 for e in scores if grader in e.get("scores", {}))
+            if not n:
+                continue
+            low, high = wilson(k, n)
+            ax.errorbar([100 * k / n], [y], xerr=[[100 * (k / n - low)], [100 * (high - k / n)]], fmt="o",
+                        color=f"C{y % 10}", capsize=3)  # fmt: skip
+        ax.set_yticks(range(len(labels)), labels if i == 0 else [""] * len(labels))
+        ax.invert_yaxis()
+        ax.set(xlabel="accuracy (%)", title=f"{bench_name(bench)} ({grader}, strict)")
+    fig.tight_layout()
+    return fig
+
+
+def _cost_figure(summary: Summary) -> Figure:
+    """Training wall time and peak memory per group: mean over seeds, min-max whiskers."""
+    from sorsa_repro.reporting.run_measures import group_measures
+
+    measures = group_measures(summary)
+    labels = list(summary.groups["label"])
+    fig = Figure(figsize=(7.6, 0.45 * len(labels) + 1.2))
+    for i, (column, xlabel) in enumerate(
+        (("train_s", "training wall time (s)"), ("peak_mib", "peak memory (MiB)"))
+    ):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for y, (_, m) in enumerate(measures.iterrows()):
+            mean = m[column][0]
+            if mean is None:
+                continue
+            err = [[mean - m[f"{column}_min"]], [m[f"{column}_max"] - mean]]
+            ax.barh([y], [mean], xerr=err, color=f"C{y % 10}", alpha=0.8, capsize=3)
+        ax.set_yticks(range(len(labels)), labels if i == 0 else [""] * len(labels))
+        ax.invert_yaxis()
+        ax.set(xlabel=xlabel)
+    fig.tight_layout()
     return fig
 
 
@@ -172,6 +231,10 @@ def write_figures(summary: Summary, out_dir: str | Path) -> list[Path]:
         if curves := seed_curves(runs, "ortho_penalty"):
             title = f"{summary.experiment}: orthonormal penalty"
             figures["ortho_penalty"] = _curve_figure(curves, colors, "orthonormal penalty", title)
+        if not summary.stats.empty:
+            figures["accuracy_per_method"] = _accuracy_figure(summary)
+        if not summary.groups.empty:
+            figures["cost_per_method"] = _cost_figure(summary)
         if len(summary.ranks) > 1 and not summary.stats.empty:
             figures["accuracy_vs_rank"] = _rank_figure(summary)
         written = []

@@ -179,10 +179,14 @@ def paper_differences(summary: Summary, model: dict) -> dict[str, str]:
 
 
 def main_tables(summary: Summary, reference: dict) -> list[Table]:
-    """Strict (with the paper's numbers) and, when graded, flexible accuracy; the notes on the first."""
+    """Strict accuracy (with the paper's numbers), flexible accuracy when graded, and what training reached
+    and cost (``run_measures``); the notes on the first."""
+    from sorsa_repro.reporting.run_measures import training_table
+
     tables = [accuracy_table(summary, "strict", reference)]
     if (summary.stats["mode"] == "flexible").any():
         tables.append(accuracy_table(summary, "flexible", reference, with_paper=False))
+    tables.append(training_table(summary))
     tables[0].notes = list(summary.notes) + tables[0].notes
     return tables
 
