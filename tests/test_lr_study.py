@@ -80,6 +80,8 @@ def test_the_selection_rule(study):
     assert chosen["arms"]["PiSSA"]["grid"]["30"] is None  # a diverged seed: that rate's mean is infinite
     assert chosen["arms"]["LoRA"]["lr"] == pytest.approx(6e-4) and chosen["seeds"] == list(SEEDS)
     assert chosen["arms"]["SORSA"]["heldout_loss"] == pytest.approx(0.80)
+    edges = {label: a["at_edge"] for label, a in chosen["arms"].items()}
+    assert edges["LoRA"] and edges["SORSA"] and not edges["PiSSA"]  # x30 and x1 are the grid's ends
 
 
 def test_runs_of_one_method_at_several_rates_are_never_averaged(study):
@@ -152,6 +154,7 @@ def test_the_report_command_writes_the_study_files(study, tmp_path):
     assert chosen["arms"]["PiSSA"]["multiplier"] == 10.0
     study_md = (out / "lr_study.md").read_text()
     assert "| PiSSA |" in study_md and "**0.8600 ± 0.0100 (n=3)**" in study_md and "1 failed" in study_md
+    assert "x30 (lr 0.0006) † |" in study_md and "† at the edge of the grid" in study_md
     assert "### Each claim at every rate of the grid" in study_md
     assert (out / "lr_sensitivity.png").stat().st_size > 0 and not (out / "claims.md").exists()
     assert "## Learning-rate study (exp_lr)" in (out / "README.md").read_text()

@@ -104,10 +104,13 @@ def selection(study: Summary) -> dict:
     for arm, by_rate in points.items():
         means = {m: p.mean(seeds) for m, p in by_rate.items()}
         best = min(means, key=lambda m: (means[m], m))
+        rates = sorted(means)
         arms[group_label(arm[0], variant=arm[2])] = {
             "method": arm[0],
             "variant": arm[2],
             "multiplier": best,
+            # the lowest loss at the grid's edge: the best rate may lie beyond it
+            "at_edge": len(rates) > 1 and best in (rates[0], rates[-1]),
             "lr": by_rate[best].lr,
             "heldout_loss": _finite(means[best]),
             "grid": {f"{m:g}": _finite(v) for m, v in means.items()},
@@ -147,8 +150,10 @@ def study_table(study: Summary, chosen: dict) -> str:
             point = by_rate.get(m)
             cell = "–" if point is None else _loss_cell(point.losses(seeds))
             cells.append(f"**{cell}**" if m == picked else cell)
-        lr = chosen["arms"][label]["lr"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | x{picked:g} (lr {lr:.3g}) |")
+        lr, edge = chosen["arms"][label]["lr"], chosen["arms"][label]["at_edge"]
+        lines.append(
+            f"| {label} | " + " | ".join(cells) + f" | x{picked:g} (lr {lr:.3g}){' †' if edge else ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -180,6 +185,15 @@ def write_selection(study: Summary, out_dir: str | Path) -> list[Path]:
         f"One multiplier for all (lowest held-out loss averaged over the arms): x{common:g}.\n",
         study_table(study, chosen),
         "",
+        *(
+            [
+                "† at the edge of the grid: the lowest held-out loss lies at its smallest or largest rate, so the "
+                "best rate may lie beyond it.",
+                "",
+            ]
+            if any(a["at_edge"] for a in chosen["arms"].values())
+            else []
+        ),  # fmt: skip
         f"Generated from the run folders by `sorsa_repro.reporting.lr_study`; machine-readable: [{SELECTION_FILE}]"
         f"({SELECTION_FILE}).",
     ]
