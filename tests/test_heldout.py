@@ -145,3 +145,18 @@ def test_the_base_model_run_is_the_floor_and_one_folder_for_every_seed(tmp_path,
     assert [r["step"] for r in read_metrics(run_dir)] == ["0"]
     assert (run_dir / "merged" / "config.json").exists() and not (run_dir / "adapter").exists()
     assert run_training(cfgs[1]) == run_dir  # the second seed finds it finished
+
+
+def test_a_finished_training_only_job_is_skipped_before_anything_loads(tmp_path):
+    from sorsa_repro.results import atomic_write_json
+    from sorsa_repro.train import finished_training_only
+    from sorsa_repro.training.identity import config_hash
+
+    cfg = tiny_cfg(tmp_path, "base")
+    run_dir = Path(cfg.run_dir)
+    assert not finished_training_only(cfg, run_dir)  # nothing there yet
+    atomic_write_json(run_dir / "result.json", {"config_hash": config_hash(cfg), "train": {"status": "finished"}})
+    assert finished_training_only(cfg, run_dir)
+    assert not finished_training_only(tiny_cfg(tmp_path, "base", "evaluate.benchmarks=[synthetic]"), run_dir)
+    atomic_write_json(run_dir / "result.json", {"config_hash": "another", "train": {"status": "finished"}})
+    assert not finished_training_only(cfg, run_dir)  # another config's run: the normal path refuses it

@@ -61,7 +61,7 @@ def test_sweep_files_expand_to_the_declared_jobs():
     claims = sweep_jobs(compose_sweep("+sweep=claims", "experiment=mini"))
     assert len(claims) == 18 and {j[0] for j in claims} >= {"+arm=base", "+arm=sorsa_gamma0"}
     study = sweep_jobs(compose_sweep("+sweep=lr_study", "experiment=mini_lr"))
-    assert len(study) == 6 * 4 * 3  # arms x learning-rate multipliers (1, 3, 10, 30) x seeds 100-102
+    assert len(study) == 6 * 6 * 3  # arms x learning-rate multipliers (0.3, 1, 3, 10, 30, 100) x seeds 100-102
     assert {j[2] for j in study} == {"seed=100", "seed=101", "seed=102"}
     assert len(sweep_jobs(compose_sweep("+sweep=ranks", "experiment=mini"))) == 15
     ortho = sweep_jobs(compose_sweep("+sweep=ortho_modes", "experiment=mini"))

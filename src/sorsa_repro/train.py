@@ -48,6 +48,9 @@ def run_job(cfg: DictConfig) -> dict:
         for note in apply_derived_settings(cfg, overrides):
             log.info(note)
         run_dir = Path(cfg.run_dir)
+        if finished_training_only(cfg, run_dir):  # e.g. a study's base-model job after its first
+            log.info("%s already finished training (config %s): nothing to do", run_dir, cfg.run_name)
+            return {"run_dir": str(run_dir), "status": "ok", "error": None}
         prepared = prepare_training(cfg)  # validation and data: nothing is written when they fail
     except Exception as err:
         if not multirun:
@@ -86,6 +89,23 @@ def run_job(cfg: DictConfig) -> dict:
             mark(err, LOGGED)
             raise
         return {"run_dir": str(run_dir), "status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def finished_training_only(cfg: DictConfig, run_dir: Path) -> bool:
+    """A job without evaluation whose run folder holds this very config's finished training: nothing to load,
+    validate or write (the same config hash means the same run)."""
+    from sorsa_repro.results import UnreadableResultError, load_result
+    from sorsa_repro.training.identity import config_hash
+
+    if cfg.evaluate.benchmarks:
+        return False
+    try:
+        result = load_result(run_dir)
+    except UnreadableResultError:
+        return False  # the normal path names the file
+    return (
+        result.get("config_hash") == config_hash(cfg) and result.get("train", {}).get("status") == "finished"
+    )
 
 
 def discard_hydra_output() -> None:
