@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in timings:
         print(f"  {t['stage']:<26} {t['seconds']:>8.1f} s{'' if t['exit_code'] == 0 else '  FAILED'}")
     print(f"  {'total':<26} {sum(t['seconds'] for t in timings):>8.1f} s")
-    print(f"report: {(Path(dirs['out']) / exp).resolve()}/README.md; runs: {(Path(dirs['results']) / exp).resolve()}/")
+    print(
+        f"report: {(Path(dirs['out']) / exp).resolve()}/README.md; runs: {(Path(dirs['results']) / exp).resolve()}/"
+    )
     failed = [t["stage"] for t in timings if t["exit_code"] != 0]
     if failed:
         print(

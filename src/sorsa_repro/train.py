@@ -66,7 +66,7 @@ def run_job(cfg: DictConfig) -> dict:
         with claim_run_folder(run_dir), _log_to(run_dir / LOG_FILE, is_global_zero()):
             train_in_folder(prepared)
             if is_global_zero():
-                from sorsa_repro.exports import write_model_cards
+                from sorsa_repro.model_cards import write_model_cards
 
                 write_model_cards(run_dir)  # (again with the scores after the evaluation)
             release_process_group()  # multi-GPU training is over; evaluation is one process on one GPU
@@ -190,7 +190,7 @@ def after_evaluation(run_dir: str | Path, cfg: DictConfig | None = None) -> None
     ``cfg``: the run's config (default: its config.yaml)."""
     from omegaconf import OmegaConf
 
-    from sorsa_repro.exports import write_model_cards
+    from sorsa_repro.model_cards import write_model_cards
     from sorsa_repro.results import run_folder_lock
     from sorsa_repro.wandb_eval import finish_wandb_run
 
