@@ -26,23 +26,11 @@ from sorsa_repro.train import run_job
 from sorsa_repro.training.task import run_training
 from sorsa_repro.training.validate import validate_config
 from tests.conftest import train_killed_after_step
+from tests.test_run_safety import TINY as RUN_SAFETY_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
-TINY = [
-    "experiment=mini",
-    "model=tiny_random",
-    "method=sorsa",
-    "method.rank=4",
-    "data.limit=16",
-    "data.max_length=128",
-    "train.batch_size=2",
-    "train.global_batch_size=4",
-    "train.max_steps=4",
-    "train.checkpoint_every=2",
-    "train.spectral_every=0",
-    "evaluate.benchmarks=[]",
-]
+TINY = [*RUN_SAFETY_TINY[:-1], "evaluate.benchmarks=[]"]  # the same tiny run, training only
 # the exports are not what these tests look at (and not part of the config hash): smaller, faster runs
 NO_EXPORT = ["train.export_merged=false", "train.save_adapter=false"]
 
