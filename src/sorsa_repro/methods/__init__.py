@@ -4,6 +4,9 @@
 also ``alpha``, ``svd`` (exact | randomized), ``niter``. Everything is validated against the model
 before any SVD runs.
 
+Every method is one entry of the registry (``sorsa_repro.method_registry``): ``apply_method`` dispatches through
+it, ``validate`` reads its rank limit and checks, ``trainable_params_on_meta`` its counter.
+
 Saved adapters (``save_adapter``): LoRA, DoRA, PiSSA, OLoRA and MiLoRA as standard peft adapters that
 ``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA/MiLoRA converted to a rank-2r LoRA:
 ``peft_io``); SORSA and SVFit in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
@@ -20,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sorsa_repro.methods import peft_inits, peft_io, peft_layers, peft_methods, sorsa, sorsa_io
+from sorsa_repro import method_registry as registry
+from sorsa_repro.methods import peft_io, peft_layers, sorsa, sorsa_io
 from sorsa_repro.methods.config import DATA_METHODS, DEFAULT_TARGETS, METHODS, UNTRAINED_METHODS, MethodConfig
-from sorsa_repro.methods.full import apply_base, apply_full
 from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa
 from sorsa_repro.methods.sorsa_penalty import orthonormal_penalty
 
@@ -35,6 +38,7 @@ __all__ = [
     "UNTRAINED_METHODS",
     "apply_method",
     "cast_residuals",
+    "count_by_applying",
     "count_parameters",
     "effective_weights",
     "find_targets",
@@ -58,33 +62,29 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
 
 
 def validate(model: nn.Module, cfg: MethodConfig) -> list[str]:
-    """Check ``cfg`` against the model (targets exist, rank fits) and return the target names."""
+    """Check ``cfg`` against the model (targets exist, rank fits, the method's own checks) and return the target
+    names; nothing is changed and no SVD runs."""
     targets = find_targets(model, cfg.target_modules)
     if not targets:
         raise ValueError(
             f"target_modules {list(cfg.target_modules)} match no nn.Linear in {type(model).__name__}"
         )
-    if cfg.name == "peft":
-        config = peft_methods.read_peft_config(cfg.config)  # a missing or malformed file fails here
-        if peft_methods.needs_data(config):
+    entry = registry.get(cfg.name)
+    if entry.check:
+        registry.resolve(entry.check)(model, cfg, targets)
+    for name in targets if entry.rank_limit != "none" else ():
+        out_f, in_f = model.get_submodule(name).weight.shape
+        if entry.rank_limit == "in" and cfg.rank > in_f:  # MiSS: r splits the input into r-wide chunks
+            raise ValueError(f"rank {cfg.rank} is larger than in_features = {in_f} of {name} (MiSS: r <= in)")
+        if entry.rank_limit == "min" and cfg.rank > min(out_f, in_f):
             raise ValueError(
-                f"method.config={cfg.config}: init_lora_weights={config.init_lora_weights!r} initialises from "
-                f"training data; use method={config.init_lora_weights} (the training task runs its data pass)"
+                f"rank {cfg.rank} is larger than min(out, in) = {min(out_f, in_f)} of {name} ({out_f} x {in_f})"
             )
-    elif cfg.name == "miss":  # MiSS's r splits the input into r-wide chunks: r <= in_features only
-        for name in targets:
-            in_f = model.get_submodule(name).in_features
-            if cfg.rank > in_f:
-                raise ValueError(
-                    f"rank {cfg.rank} is larger than in_features = {in_f} of {name} (MiSS: r <= in)"
-                )
-    elif cfg.name not in ("full", *UNTRAINED_METHODS):
-        for name in targets:
-            out_f, in_f = model.get_submodule(name).weight.shape
-            if cfg.rank > min(out_f, in_f):
-                raise ValueError(
-                    f"rank {cfg.rank} is larger than min(out, in) = {min(out_f, in_f)} of {name} ({out_f} x {in_f})"
-                )
+        if entry.rank_limit == "below_min" and cfg.rank >= min(out_f, in_f):
+            raise ValueError(
+                f"rank {cfg.rank} must be smaller than min(out, in) = {min(out_f, in_f)} of {name} ({out_f} x "
+                f"{in_f}): {entry.display} keeps min(out, in) - r components of the base weight"
+            )
     return targets
 
 
@@ -111,42 +111,7 @@ def apply_method(
         raise ValueError(
             f"method {cfg.name} takes no batches or initial adapter (only {', '.join(DATA_METHODS)})"
         )
-    if cfg.name == "full":
-        model = apply_full(model)
-    elif cfg.name == "base":
-        model = apply_base(model)
-    elif cfg.name in ("sorsa", "svfit"):  # SVFit: SORSA's layer with frozen singular vectors
-        from sorsa_repro.models import resolve_dtype
-
-        model = sorsa.apply_sorsa(
-            model,
-            targets,
-            cfg.rank,
-            cfg.alpha,
-            cfg.dropout,
-            resolve_dtype(cfg.adapter_dtype),
-            cfg.svd,
-            cfg.niter,
-            train_vectors=cfg.name == "sorsa",
-        )
-    elif cfg.name == "peft":
-        config = peft_methods.read_peft_config(cfg.config)
-        if config.target_modules is None:  # peft would guess by architecture; the protocol's targets instead
-            config.target_modules = sorted({n.rsplit(".", 1)[-1] for n in targets})
-        model = peft_methods.apply_peft(model, config)
-    else:
-        config = peft_methods.lora_config(
-            cfg.name,
-            cfg.rank,
-            cfg.alpha,
-            cfg.dropout,
-            sorted({n.rsplit(".", 1)[-1] for n in targets}),
-            cfg.svd,
-            cfg.niter,
-        )
-        model = peft_methods.apply_peft(model, config, batches, initial_adapter)
-        if cfg.name == "milora":  # built as plain LoRA (init True); now the minor factors and the residual
-            model = peft_inits.init_milora(model)
+    model = registry.resolve(registry.get(cfg.name).apply)(model, cfg, targets, batches, initial_adapter)
     model.method_config = cfg
     return model
 
@@ -189,22 +154,14 @@ def trainable_params_on_meta(model_config, cfg: Mapping | MethodConfig) -> tuple
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     targets = validate(model, cfg)
-    if cfg.name == "full":
-        return count_parameters(apply_full(model))
-    if cfg.name == "base":
-        return count_parameters(apply_base(model))
-    # per target: r * (in + out) (LoRA and its inits), + r singular values (SORSA), + out (DoRA); r * in (MiCA,
-    # its B is frozen), r * out (MiSS): peft_layers.added_parameters
-    for param in model.parameters():
-        param.requires_grad_(False)
-    if cfg.name in ("sorsa", "svfit"):  # SVFit: only the r singular values per target
-        sorsa.apply_sorsa(model, targets, cfg.rank, train_vectors=cfg.name == "sorsa")
-        return count_parameters(model)
-    added = [
-        peft_layers.added_parameters(cfg.name, cfg.rank, *model.get_submodule(n).weight.shape)
-        for n in targets
-    ]
-    return sum(t for t, _ in added), count_parameters(model)[1] + sum(a for _, a in added)
+    return registry.resolve(registry.get(cfg.name).count)(model, cfg, targets)
+
+
+def count_by_applying(model: nn.Module, cfg: MethodConfig, targets: list[str]) -> tuple[int, int]:
+    """(trainable, total) of ``cfg``'s method applied to a meta-device model: the methods whose layers build on
+    the meta device from shapes alone (full, base, SORSA, SVFit; no SVD runs there)."""
+    model = registry.resolve(registry.get(cfg.name).apply)(model, cfg, targets, None, None)
+    return count_parameters(model)
 
 
 def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -6,24 +6,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-METHODS = (
-    "base",
-    "full",
-    "lora",
-    "pissa",
-    "dora",
-    "olora",
-    "sorsa",
-    "peft",
-    "mica",
-    "miss",
-    "eva",
-    "corda",
-    "milora",
-    "svfit",
-)
-UNTRAINED_METHODS = ("base",)  # the pretrained model as it is: the floor every table shows (0 steps)
-DATA_METHODS = ("eva", "corda")  # initialised from activations of training data (``init_examples`` of them)
+from sorsa_repro import method_registry as registry
+
+# from the method registry (sorsa_repro/method_registry.py): one entry per method
+METHODS = registry.names()
+UNTRAINED_METHODS = registry.untrained_methods()  # base: the pretrained model, the floor of every table
+DATA_METHODS = registry.data_methods()  # EVA, CorDA: initialised from training data (``init_examples``)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # settings users look for under method. that live elsewhere (a method key would be silently ignored)
 SET_ELSEWHERE = {"weight_decay": "train.weight_decay", "batch_size": "train.batch_size", "seed": "seed"}
@@ -73,8 +61,7 @@ class MethodConfig:
         match = re.fullmatch(r"pissa_niter_(\d+)", str(self.name))
         if match:
             self.name, self.svd, self.niter = "pissa", "randomized", int(match.group(1))
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; known: {', '.join(METHODS)} (or pissa_niter_K)")
+        registry.get(self.name)  # an unknown name fails here, naming the known ones
         if (self.name == "peft") != (self.config is not None):
             raise ValueError(
                 "method.config (a peft adapter_config.json) goes with method=peft, and only with it"

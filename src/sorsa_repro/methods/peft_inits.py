@@ -2,7 +2,7 @@
 inits that change the base weights.
 
 PiSSA, OLoRA, CorDA and MiLoRA (``init_milora``: PiSSA's minor components) change the base weights at init
-(W_res = W - scale * B0 A0: ``BASE_MODIFYING``). ``restore_residual`` rebuilds that base from the initial factors
+(W_res = W - scale * B0 A0: their registry entries say ``changes_base``, ``modifies_base``). ``restore_residual`` rebuilds that base from the initial factors
 B0, A0 (a loaded adapter, a resumed run), bit for bit and without an SVD or data.
 """
 
@@ -15,20 +15,22 @@ from torch import nn
 
 from sorsa_repro.methods.peft_layers import lora_layers
 
-BASE_MODIFYING = (
-    "pissa",
-    "olora",
-    "corda",
-    "milora",
-)  # milora: this project's init (init_milora), not peft's
 EVA_MAX_PASSES = (
     1000  # EVA's incremental SVD cycles over its batches until it converges: a guard against a hang
 )
 
 
+def changes_base_init(init) -> bool:
+    """Whether ``init_lora_weights`` names an init that sets W_res = W - scale B0 A0 (pissa[_niter_K], olora,
+    corda, and this suite's milora marker): the registry's ``changes_base`` of the method it names."""
+    from sorsa_repro import method_registry
+
+    name = init.split("_niter_")[0] if isinstance(init, str) else None
+    return name in method_registry.REGISTRY and method_registry.get(name).changes_base
+
+
 def modifies_base(config: PeftConfig) -> bool:
-    init = getattr(config, "init_lora_weights", True)
-    return isinstance(init, str) and init.split("_niter_")[0] in BASE_MODIFYING
+    return changes_base_init(getattr(config, "init_lora_weights", True))
 
 
 def _model_inputs(batch: dict, device) -> dict:

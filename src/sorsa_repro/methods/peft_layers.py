@@ -34,6 +34,16 @@ def added_parameters(name: str, rank: int, out_f: int, in_f: int) -> tuple[int, 
     return lora, lora
 
 
+def count_entry(model: nn.Module, cfg, targets: list[str]) -> tuple[int, int]:
+    """(trainable, total) of a peft method on a meta-device model, from ``added_parameters`` per target."""
+    from sorsa_repro.methods import count_parameters
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    added = [added_parameters(cfg.name, cfg.rank, *model.get_submodule(n).weight.shape) for n in targets]
+    return sum(t for t, _ in added), count_parameters(model)[1] + sum(a for _, a in added)
+
+
 def peft_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The adapted layers of a peft model: LoRA (and its inits) and MiSS."""
     return {name: m for name, m in model.named_modules() if isinstance(m, (LoraLayer, MissLayer))}

@@ -20,14 +20,21 @@ import json
 import os
 from pathlib import Path
 
-from peft import EvaConfig, LoraConfig, MissConfig, PeftConfig, get_peft_model, set_peft_model_state_dict
+from peft import (
+    EvaConfig,
+    LoraConfig,
+    MissConfig,
+    PeftConfig,
+    get_peft_model,
+    set_peft_model_state_dict,
+)
 from peft.tuners.lora.config import CordaConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from sorsa_repro.methods import peft_inits
 
-DATA_METHODS = ("eva", "corda")  # initialised from training data: apply_peft needs batches
+DATA_METHODS = ("eva", "corda")  # the peft inits that read training data: apply_peft needs batches
 
 
 def lora_config(
@@ -133,7 +140,7 @@ def apply_peft(
         config = copy.deepcopy(config)
         config.init_lora_weights = True  # structure only
         peft_model = get_peft_model(model, config)
-        if init in peft_inits.BASE_MODIFYING:
+        if peft_inits.changes_base_init(init):
             peft_inits.restore_residual(peft_model, initial)
         else:
             set_peft_model_state_dict(peft_model, initial)
@@ -157,3 +164,30 @@ def apply_peft(
             k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()
         }
     return peft_model
+
+
+def check_entry(model: nn.Module, cfg, targets: list[str]) -> None:
+    """method=peft: its config file reads, and it is not an init that needs the training task's data pass."""
+    config = read_peft_config(cfg.config)  # a missing or malformed file fails here
+    if needs_data(config):
+        raise ValueError(
+            f"method.config={cfg.config}: init_lora_weights={config.init_lora_weights!r} initialises from "
+            f"training data; use method={config.init_lora_weights} (the training task runs its data pass)"
+        )
+
+
+def apply_entry(model: nn.Module, cfg, targets: list[str], batches=None, initial=None) -> nn.Module:
+    """The registry's entry of every method peft builds (``sorsa_repro.method_registry``): its config
+    (``lora_config`` by name, or method=peft's file), ``apply_peft``, then the inits this suite runs around peft
+    (MiLoRA's minor components)."""
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in targets})
+    if cfg.name == "peft":
+        config = read_peft_config(cfg.config)
+        if config.target_modules is None:  # peft would guess by architecture; the protocol's targets instead
+            config.target_modules = suffixes
+        return apply_peft(model, config)
+    config = lora_config(cfg.name, cfg.rank, cfg.alpha, cfg.dropout, suffixes, cfg.svd, cfg.niter)
+    model = apply_peft(model, config, batches, initial)
+    if cfg.name == "milora":  # built as plain LoRA (init True); now the minor factors and the residual
+        model = peft_inits.init_milora(model)
+    return model

@@ -173,9 +173,12 @@ def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -
 
 def export_names(cfg: DictConfig) -> list[str]:
     """The folders a finished run writes (``task._export``)."""
-    adapter = cfg.train.save_adapter and cfg.method.name not in ("full", "base")
+    from sorsa_repro import method_registry
+
+    entry = method_registry.get(cfg.method.name)
+    adapter = cfg.train.save_adapter and entry.adapter is not None
     names = ["adapter/"] if adapter else []
-    names += ["adapter_lora/"] if adapter and cfg.method.name in ("sorsa", "svfit") else []
+    names += ["adapter_lora/"] if adapter and entry.lora_export else []
     return names + (["merged/"] if cfg.train.export_merged else [])
 
 

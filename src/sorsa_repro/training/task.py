@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sorsa_repro import method_registry
 from sorsa_repro.methods import (
     UNTRAINED_METHODS,
     MethodConfig,
@@ -271,11 +272,12 @@ def _fit(trainer, module, prepared: PreparedRun, loggers: list, resume: Path | N
 
 def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
     times = PhaseTimes("exports written", log)  # one line: the time of each
-    if cfg.train.save_adapter and method.name not in ("full", *UNTRAINED_METHODS):
+    entry = method_registry.get(method.name)
+    if cfg.train.save_adapter and entry.adapter is not None:
         with times.phase("adapter/"), atomic_dir(run_dir / "adapter") as tmp:
             save_adapter(model, tmp, base_model=cfg.model.name)
     # adapter/ is SORSA's (and SVFit's) own format; this is peft's
-    if cfg.train.save_adapter and method.name in ("sorsa", "svfit"):
+    if cfg.train.save_adapter and entry.lora_export:
         with times.phase("adapter_lora/"), atomic_dir(run_dir / "adapter_lora") as tmp:
             save_sorsa_lora(model, tmp, base_model=cfg.model.name)
     if cfg.train.export_merged:
