@@ -45,19 +45,23 @@ CARD = "README.md"
 
 
 def export_kind(path: str | os.PathLike) -> str:
-    """``peft`` (adapter_config.json), ``sorsa`` (this suite's SORSA/SVFit format) or ``merged`` (a model)."""
+    """``peft`` (adapter_config.json), ``sorsa`` (this suite's SORSA/SVFit format), ``layers`` (this suite's
+    SALT/SST format) or ``merged`` (a model)."""
+    from sorsa_repro.methods import layers_io
     from sorsa_repro.methods.sorsa_io import ADAPTER_CONFIG
 
     path = Path(path)
     if (path / ADAPTER_CONFIG).is_file():
         return "sorsa"
+    if (path / layers_io.ADAPTER_CONFIG).is_file():
+        return "layers"
     if (path / "adapter_config.json").is_file():
         return "peft"
     if (path / "config.json").is_file():
         return "merged"
     raise FileNotFoundError(
-        f"{path} holds no export: expected adapter_config.json (peft), {ADAPTER_CONFIG} (SORSA) or config.json "
-        "(a merged model)"
+        f"{path} holds no export: expected adapter_config.json (peft), {ADAPTER_CONFIG} (SORSA), "
+        f"{layers_io.ADAPTER_CONFIG} (SALT, SST) or config.json (a merged model)"
     )
 
 
@@ -76,8 +80,11 @@ def recorded_base(path: str | os.PathLike) -> str | None:
     kind = export_kind(path)
     if kind == "peft":
         return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if kind == "sorsa":
-        return json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model")
+    if kind in ("sorsa", "layers"):
+        from sorsa_repro.methods import layers_io
+
+        config = ADAPTER_CONFIG if kind == "sorsa" else layers_io.ADAPTER_CONFIG
+        return json.loads((path / config).read_text()).get("base_model")
     return base_model_id((_run_config(path.parent).get("model") or {}).get("name"))
 
 
@@ -157,6 +164,16 @@ def _adapter_shape(path: Path, kind: str, trained_rank) -> tuple[str, list[str]]
             "the fine-tuned model with its adapter folded in: a plain transformers model (vLLM reads it)",
             [],
         )
+    if kind == "layers":
+        from sorsa_repro.methods import layers_io
+
+        layers = json.loads((path / layers_io.ADAPTER_CONFIG).read_text())["layers"]
+        kinds = sorted({c["kind"] for c in layers.values()})
+        return (
+            f"{'/'.join(k.upper() for k in kinds)} layers of {len(layers)} matrices in this suite's format (exact; "
+            "`sorsa_repro.methods.load_adapter`)",
+            kinds,
+        )
     if kind == "sorsa":
         config = json.loads((path / ADAPTER_CONFIG).read_text())
         what = "SVFit" if config.get("train_vectors") is False else "SORSA"
@@ -195,7 +212,7 @@ def _loading(path: Path, kind: str, base: str | None) -> str:
         "machine (`sorsa_repro.exports.base_model_path`); `sorsa_repro.exports.load_export` loads the whole "
         "thing."
     )
-    if kind == "sorsa":
+    if kind in ("sorsa", "layers"):
         return (
             "```python\nfrom transformers import AutoModelForCausalLM\nfrom sorsa_repro.methods import load_adapter\n"
             f'base = AutoModelForCausalLM.from_pretrained("{base}")\nmodel = load_adapter(base, "{name}")\n```\n\n'

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import import_module
 
-ADAPTER_FORMATS = ("peft", "sorsa")  # peft_io, sorsa_io
+ADAPTER_FORMATS = ("peft", "sorsa", "layers")  # peft_io, sorsa_io, layers_io
 RANK_LIMITS = ("min", "below_min", "in", "none")
 REGULARIZERS = ("orthonormal", "loss")
 
@@ -65,7 +65,7 @@ class Method:
 
 PEFT_APPLY = "sorsa_repro.methods.peft_methods:apply_entry"
 PEFT_COUNT = "sorsa_repro.methods.peft_layers:count_entry"
-OWN_COUNT = "sorsa_repro.methods:count_by_applying"  # full, base, SORSA, SVFit: they build on the meta device
+OWN_COUNT = "sorsa_repro.methods:count_by_applying"  # own layers build on the meta device
 
 ENTRIES = (
     Method("base", "Base model (untrained)", "the pretrained model, not trained (the floor of every table)",
@@ -98,6 +98,21 @@ ENTRIES = (
     Method("svfit", "SVFit", "arXiv 2409.05926; SORSA's layer with frozen singular vectors (sorsa.py)",
            "sorsa_repro.methods.sorsa:apply_entry", changes_base=True, adapter="sorsa", lora_export=True,
            count=OWN_COUNT),
+    Method("kasa", "KaSA", "arXiv 2412.06071; juyongjiang/KaSA peft/src/peft/tuners/lora/layer.py, main.py; "
+           "peft LoraConfig(kasa_config=KasaConfig)", PEFT_APPLY, changes_base=True, regularizer="loss",
+           adapter="peft", rank_limit="below_min", count=PEFT_COUNT,
+           training="sorsa_repro.methods.kasa:training_hooks"),
+    Method("soma", "SoMA", "arXiv 2412.04077; ysj9909/SoMA rein/peft/sora.py (minor components, first blocks "
+           "frozen, weight decay annealed)", PEFT_APPLY, changes_base=True, adapter="peft",
+           check="sorsa_repro.methods.soma:check_entry", count=PEFT_COUNT,
+           training="sorsa_repro.methods.soma:training_hooks",
+           training_keys=("weight_decay_start", "weight_decay_end")),
+    Method("salt", "SALT", "arXiv 2503.16055; BioMedIA-MBZUAI/SALT prompt_adapted_segment_anything/modeling/"
+           "SALT.py SALTLinear (this suite's factored layer, salt.py)", "sorsa_repro.methods.salt:apply_entry",
+           adapter="layers", lora_export=True, count=OWN_COUNT),
+    Method("sst", "SST (fine-tuning)", "arXiv 2405.15481 (a pre-training method; this suite's fine-tuning "
+           "adaptation, sst.py)", "sorsa_repro.methods.sst:apply_entry", adapter="layers", count=OWN_COUNT,
+           training="sorsa_repro.methods.sst:training_hooks", training_keys=("rounds",)),
 )  # fmt: skip
 
 REGISTRY: dict[str, Method] = {m.name: m for m in ENTRIES}

@@ -7,10 +7,12 @@ before any SVD runs.
 Every method is one entry of the registry (``sorsa_repro.method_registry``): ``apply_method`` dispatches through
 it, ``validate`` reads its rank limit and checks, ``trainable_params_on_meta`` its counter.
 
-Saved adapters (``save_adapter``): LoRA, DoRA, PiSSA, OLoRA and MiLoRA as standard peft adapters that
-``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA/MiLoRA converted to a rank-2r LoRA:
-``peft_io``); SORSA and SVFit in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
-change as a rank-2r peft LoRA adapter (``sorsa_io``). ``load_adapter`` restores any of them as trained.
+Saved adapters (``save_adapter``): the peft methods as standard peft adapters that
+``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA/MiLoRA/SoMA converted to a rank-2r LoRA:
+``peft_io``; KaSA as peft saves it: peft truncates the fresh base again when it loads it); SORSA and SVFit in this
+project's own format (exact factors), plus ``save_sorsa_lora``: its weight change as a rank-2r peft LoRA adapter
+(``sorsa_io``); SALT and SST in the own-layer format (``layers_io``), SALT's weight change also as a peft LoRA
+(``save_lora_export``). ``load_adapter`` restores any of them as trained.
 Every config records the base model as its hub id or the name the user gave (``base_model_id``).
 """
 
@@ -24,8 +26,9 @@ import torch
 from torch import nn
 
 from sorsa_repro import method_registry as registry
-from sorsa_repro.methods import peft_io, peft_layers, sorsa, sorsa_io
+from sorsa_repro.methods import layers_io, peft_io, peft_layers, sorsa, sorsa_io
 from sorsa_repro.methods.config import DATA_METHODS, DEFAULT_TARGETS, METHODS, UNTRAINED_METHODS, MethodConfig
+from sorsa_repro.methods.layers_io import AdapterLayer, adapter_layers
 from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa
 from sorsa_repro.methods.sorsa_penalty import orthonormal_penalty
 
@@ -47,6 +50,7 @@ __all__ = [
     "merge_sorsa",
     "orthonormal_penalty",
     "save_adapter",
+    "save_lora_export",
     "save_sorsa_lora",
     "trainable_params_on_meta",
 ]
@@ -118,11 +122,16 @@ def apply_method(
 
 @torch.no_grad()
 def cast_residuals(model: nn.Module, dtype: torch.dtype) -> int:
-    """Cast the frozen residual W_res of every SORSA layer and PEFT (PiSSA) layer to ``dtype``; the
-    adapters keep theirs. The references' mixed precision (``train.precision=reference``): W_res is computed
-    in fp32, then stored in bf16. Returns the number of matrices cast."""
+    """Cast the frozen residual W_res of every SORSA layer and PEFT (PiSSA) layer, and the frozen weights and
+    singular vectors of the own layers (SALT, SST), to ``dtype``; the trained parameters keep theirs. The
+    references' mixed precision (``train.precision=reference``): W_res is computed in fp32, then stored in bf16.
+    Returns the number of matrices cast."""
     count = 0
     for module in model.modules():
+        if isinstance(module, AdapterLayer):
+            module.cast_frozen(dtype)
+            count += 1
+            continue
         if isinstance(module, SORSALinear):
             weight = module.weight
         elif isinstance(module, peft_layers.LoraLayer):
@@ -159,7 +168,7 @@ def trainable_params_on_meta(model_config, cfg: Mapping | MethodConfig) -> tuple
 
 def count_by_applying(model: nn.Module, cfg: MethodConfig, targets: list[str]) -> tuple[int, int]:
     """(trainable, total) of ``cfg``'s method applied to a meta-device model: the methods whose layers build on
-    the meta device from shapes alone (full, base, SORSA, SVFit; no SVD runs there)."""
+    the meta device from shapes alone (full, base, SORSA, SVFit, SALT, SST; no SVD runs there)."""
     model = registry.resolve(registry.get(cfg.name).apply)(model, cfg, targets, None, None)
     return count_parameters(model)
 
@@ -175,7 +184,7 @@ def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     )
     for name, module in model.named_modules():
         clean = name.removeprefix("base_model.model.")
-        if isinstance(module, SORSALinear):
+        if isinstance(module, (SORSALinear, AdapterLayer)):
             yield clean, module.effective_weight()
         elif isinstance(module, (peft_layers.LoraLayer, peft_layers.MissLayer)):
             yield clean, peft_layers.dense_weight(module)
@@ -190,7 +199,7 @@ def merge_model(model: nn.Module) -> nn.Module:
 
     if isinstance(model, PeftModel):
         return model.merge_and_unload()
-    return merge_sorsa(model)
+    return layers_io.merge_layers(merge_sorsa(model))
 
 
 def _base_name(model: nn.Module, base_model: str | None) -> str | None:
@@ -202,7 +211,7 @@ def _base_name(model: nn.Module, base_model: str | None) -> str | None:
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
-    """Adapter-only files for SORSA and PEFT methods (full fine-tuning has no adapter).
+    """Adapter-only files for SORSA, the own layers (SALT, SST) and PEFT methods (full fine-tuning has none).
 
     ``base_model``: the model name as given (hub id, local folder or a packaged name); default: the name the
     model was loaded from."""
@@ -212,6 +221,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | No
         peft_io.save_peft_adapter(model, path, _base_name(model, base_model))
     elif sorsa.sorsa_layers(model):
         sorsa_io.save_sorsa_adapter(model, path, _base_name(model, base_model))
+    elif adapter_layers(model):
+        layers_io.save_layers_adapter(model, path, _base_name(model, base_model))
     else:
         raise ValueError("save_adapter: the model has no adapter (full fine-tuning saves the merged model)")
 
@@ -221,13 +232,25 @@ def save_sorsa_lora(model: nn.Module, path: str | os.PathLike, base_model: str |
     sorsa_io.save_sorsa_as_lora(model, path, _base_name(model, base_model))
 
 
+def save_lora_export(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
+    """The weight change as a standard peft LoRA adapter (``adapter_lora/``): SORSA and SVFit (rank 2r), SALT
+    (rank r + lora_rank); the methods whose registry entry says ``lora_export``."""
+    if sorsa.sorsa_layers(model):
+        save_sorsa_lora(model, path, base_model)
+    else:
+        layers_io.save_layers_as_lora(model, path, _base_name(model, base_model))
+
+
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Attach an adapter saved by ``save_adapter`` to a freshly loaded base model."""
     path = Path(path)
     if (path / sorsa_io.ADAPTER_CONFIG).exists():
         return sorsa_io.load_sorsa_adapter(model, path)
+    if (path / layers_io.ADAPTER_CONFIG).exists():
+        return layers_io.load_layers_adapter(model, path)
     if (path / "adapter_config.json").exists():
         return peft_io.load_peft_adapter(model, path)
     raise FileNotFoundError(
-        f"no adapter in {path} (expected {sorsa_io.ADAPTER_CONFIG} or adapter_config.json)"
+        f"no adapter in {path} (expected {sorsa_io.ADAPTER_CONFIG}, {layers_io.ADAPTER_CONFIG} or "
+        "adapter_config.json)"
     )

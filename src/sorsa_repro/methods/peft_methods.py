@@ -1,7 +1,8 @@
-"""LoRA, PiSSA, DoRA, OLoRA, MiCA, EVA, CorDA (LoRA inits) and MiSS through the Hugging Face ``peft`` library:
-their configs (``lora_config``, ``read_peft_config``) and applying them to a model (``apply_peft``).
+"""LoRA, PiSSA, DoRA, OLoRA, MiCA, EVA, CorDA (LoRA inits), KaSA, MiSS, and the suite's MiLoRA and SoMA inits through
+the Hugging Face ``peft`` library: their configs (``lora_config``, ``read_peft_config``), applying them to a model
+(``apply_peft``) and the registry's entry for all of them (``apply_entry``).
 
-The inits run around peft (EVA's and CorDA's data passes, MiLoRA, the residual base): ``peft_inits``; saving and
+The inits run around peft (EVA's and CorDA's data passes, MiLoRA/SoMA, the residual base): ``peft_inits``; saving and
 loading adapters: ``peft_io``; the adapted layers (dense weights, parameter counts): ``peft_layers``.
 
 EVA and CorDA initialise from activations of training data (``DATA_METHODS``): ``apply_peft`` takes the
@@ -10,7 +11,8 @@ right singular vectors of each target's inputs (B = 0, base untouched; peft's ra
 rho = 1, so every target keeps rank r, LoRA's budget); CorDA (IPM) decomposes W C (C: the inputs' covariance)
 and subtracts the top-r part from W, as PiSSA does with W. MiCA (B = the r minor left singular vectors,
 frozen; A = 0, trained) and MiSS (a zero r x out block shared by the input's r-wide chunks) need no data and
-leave the base untouched.
+leave the base untouched. KaSA (``methods/kasa.py``) truncates the base and adapts with B diag(d) A; SoMA
+(``methods/soma.py``) is MiLoRA's init on the decoder blocks it adapts (``layers_to_transform``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from peft import (
     EvaConfig,
+    KasaConfig,
     LoraConfig,
     MissConfig,
     PeftConfig,
@@ -45,7 +48,11 @@ def lora_config(
     targets: list[str],
     svd: str = "exact",
     niter: int = 4,
+    kasa: tuple[float, float] | None = None,
+    layers: list[int] | None = None,
 ) -> LoraConfig:
+    """The peft config of a method by name. ``kasa``: KaSA's (beta, gamma) (``KasaConfig``: the base truncated by
+    its r smallest components, B diag(d) A); ``layers``: the decoder blocks to adapt (SoMA), all when None."""
     if name == "miss":  # no alpha: MiSS has no scale
         return MissConfig(
             r=rank, miss_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM"
@@ -67,6 +74,9 @@ def lora_config(
         # rho 1: no rank redistribution, every target keeps rank r (peft's default 2 moves ranks between layers by
         # explained variance, so the parameter count would depend on the data); label-masked: response tokens only
         eva_config=EvaConfig(rho=1.0) if name == "eva" else None,
+        # KaSA (peft 0.21 tuners/lora/variants.py KasaLinearVariant): truncation at init, the learnable diag
+        kasa_config=KasaConfig(beta=kasa[0], gamma=kasa[1]) if name == "kasa" else None,
+        layers_to_transform=layers,
         corda_config=CordaConfig(corda_method="ipm")
         if name == "corda"
         else None,  # the paper's fine-tuning mode
@@ -179,15 +189,28 @@ def check_entry(model: nn.Module, cfg, targets: list[str]) -> None:
 def apply_entry(model: nn.Module, cfg, targets: list[str], batches=None, initial=None) -> nn.Module:
     """The registry's entry of every method peft builds (``sorsa_repro.method_registry``): its config
     (``lora_config`` by name, or method=peft's file), ``apply_peft``, then the inits this suite runs around peft
-    (MiLoRA's minor components)."""
+    (MiLoRA's and SoMA's minor components)."""
     suffixes = sorted({n.rsplit(".", 1)[-1] for n in targets})
     if cfg.name == "peft":
         config = read_peft_config(cfg.config)
         if config.target_modules is None:  # peft would guess by architecture; the protocol's targets instead
             config.target_modules = suffixes
         return apply_peft(model, config)
-    config = lora_config(cfg.name, cfg.rank, cfg.alpha, cfg.dropout, suffixes, cfg.svd, cfg.niter)
+    config = lora_config(
+        cfg.name, cfg.rank, cfg.alpha, cfg.dropout, suffixes, cfg.svd, cfg.niter, **extra_settings(model, cfg)
+    )
     model = apply_peft(model, config, batches, initial)
-    if cfg.name == "milora":  # built as plain LoRA (init True); now the minor factors and the residual
-        model = peft_inits.init_milora(model)
+    if cfg.name in ("milora", "soma"):  # built as plain LoRA (init True); now the minor factors, the residual
+        model = peft_inits.init_milora(model, marker=cfg.name)
     return model
+
+
+def extra_settings(model: nn.Module, cfg) -> dict:
+    """``lora_config``'s keyword arguments beyond the common ones: KaSA's coefficients, SoMA's adapted blocks."""
+    if cfg.name == "kasa":
+        return {"kasa": (cfg.kasa_beta, cfg.kasa_gamma)}
+    if cfg.name == "soma":
+        from sorsa_repro.methods.soma import adapted_blocks
+
+        return {"layers": adapted_blocks(model, cfg)}
+    return {}

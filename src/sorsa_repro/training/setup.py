@@ -81,7 +81,20 @@ def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path, heldou
         regularizer=regularizer,
         metrics_path=run_dir / "metrics.csv",
         heldout=heldout,
+        hooks=method_hooks(cfg, total_steps),
     )
+
+
+def method_hooks(cfg: DictConfig, total_steps: int):
+    """What the method adds to training (its registry entry's ``training`` factory; none: ``MethodHooks()``)."""
+    from sorsa_repro import method_registry
+    from sorsa_repro.methods.hooks import MethodHooks
+
+    entry = method_registry.get(cfg.method.name)
+    if entry.training is None:
+        return MethodHooks()
+    section = OmegaConf.to_container(cfg.method, resolve=True)
+    return method_registry.resolve(entry.training)(section, total_steps)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, total_steps: int, precision, pretrained, loggers):
