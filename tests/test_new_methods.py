@@ -464,12 +464,14 @@ def test_a_methods_training_settings_go_with_it_only(tmp_path, method, override,
         training_settings(cfg)
 
 
-def test_every_target_of_the_new_methods_is_an_adapted_layer(tiny_model_factory):
+def test_the_spectral_analysis_sees_every_target_of_the_new_methods(tiny_model_factory):
     from sorsa_repro.methods import effective_weights
 
-    for name, want in (("kasa", 14), ("soma", 7), ("salt", 14), ("sst", 14)):
+    targets = set(find_targets(tiny_model_factory(), DEFAULT_TARGETS))
+    originals = target_weights(tiny_model_factory())
+    for name in ("kasa", "soma", "salt", "sst"):
         model = apply_method(tiny_model_factory(), {"name": name, "rank": RANK})
-        weights = dict(effective_weights(model))
-        assert len(weights) == want and set(weights) <= set(
-            find_targets(tiny_model_factory(), DEFAULT_TARGETS)
-        )
+        assert set(dict(effective_weights(model))) == targets, name  # the same 14 matrices for every method
+    # SoMA's frozen first block is there, unchanged: the analysis sees the whole model's change
+    soma = dict(effective_weights(apply_method(tiny_model_factory(), {"name": "soma", "rank": RANK})))
+    assert all(torch.equal(soma[n], originals[n]) for n in targets if n.startswith("model.layers.0."))

@@ -174,21 +174,22 @@ def count_by_applying(model: nn.Module, cfg: MethodConfig, targets: list[str]) -
 
 
 def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, dense float32 weight it applies now) for each adapted layer; names as in the base model.
+    """(name, dense float32 weight it applies now) for each of the method's target modules; names as in the base
+    model.
 
-    For full fine-tuning the adapted layers are the method's target modules.
+    The adapted layers give their current weight; a target left a plain nn.Linear gives its weight: full
+    fine-tuning's (trained), and the targets a method leaves frozen (SoMA's first blocks: no change), so that
+    the spectral analysis compares every method over the same matrices.
     """
     cfg = getattr(model, "method_config", None)
-    full_targets = (
-        set(find_targets(model, cfg.target_modules)) if cfg is not None and cfg.name == "full" else set()
-    )
+    plain_targets = set(find_targets(model, cfg.target_modules)) if cfg is not None else set()
     for name, module in model.named_modules():
         clean = name.removeprefix("base_model.model.")
         if isinstance(module, (SORSALinear, AdapterLayer)):
             yield clean, module.effective_weight()
         elif isinstance(module, (peft_layers.LoraLayer, peft_layers.MissLayer)):
             yield clean, peft_layers.dense_weight(module)
-        elif name in full_targets:
+        elif name in plain_targets:
             yield clean, module.weight.detach().float()
 
 
