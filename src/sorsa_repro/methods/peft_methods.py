@@ -35,9 +35,12 @@ from peft.tuners.lora.config import CordaConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
+from sorsa_repro import method_registry
 from sorsa_repro.methods import peft_inits
 
-DATA_METHODS = ("eva", "corda")  # the peft inits that read training data: apply_peft needs batches
+# the peft inits that read training data (their registry entries' data_init; each named as its init): apply_peft
+# needs batches
+DATA_METHODS = method_registry.data_methods()
 
 
 def lora_config(
