@@ -2,12 +2,17 @@
 
 Variants, built from the same random weights and timed interleaved in one process: SORSA (ours),
 SORSA (the reference package's layer, which builds the dense update in forward), PEFT LoRA,
-PEFT PiSSA and full fine-tuning. Ratios are to PEFT LoRA of the same run.
+PEFT PiSSA, full fine-tuning, and the SVD-family methods of issue 26: KaSA (peft's variant, its regularizer
+in the step), SoMA (an adapted layer: MiLoRA's init on peft LoRA; its frozen blocks are plain layers), SALT and
+SST (this suite's layers; SST's step between rounds: the re-SVD runs once per round, its cost is in
+``svd_init``-like terms, not here). Ratios are to PEFT LoRA of the same run. ``init_s``: the time to adapt
+the unit (SVDs included: SALT, SST, KaSA and SoMA need the exact SVD, PiSSA runs ``pissa_niter_4``).
 
 The unit's input requires grad and backward starts from a fixed random output gradient, as for a
 layer in the middle of a network. Memory:
-- cpu: parameters + trainable gradients + AdamW state + the unique non-parameter storages that
-  autograd saves for backward (``saved_tensors_hooks``), measured; transient buffers are not counted.
+- cpu: parameters and buffers (SALT's and SST's frozen singular vectors are buffers) + trainable gradients +
+  AdamW state + the unique non-parameter storages that autograd saves for backward (``saved_tensors_hooks``),
+  measured; transient tensors are not counted.
 - gpu: the same static part + ``torch.cuda.max_memory_allocated`` above what was allocated before
   the step (all variants stay resident, so the static part of the others is subtracted).
 Denormals are flushed to zero (CPU): see ``run``.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 
 import torch
 from torch import nn
@@ -31,9 +37,10 @@ from benchmarks.common import (
     reference_sorsa_layer_module,
     saved_for_backward,
     static_bytes,
+    sync,
 )
 
-VARIANTS = ("sorsa", "sorsa_reference", "lora", "pissa", "full")
+VARIANTS = ("sorsa", "sorsa_reference", "lora", "pissa", "full", "kasa", "soma", "salt", "sst")
 PRESETS = {
     # units: ("linear", out, in, tokens) or ("decoder", n_layers, tokens)
     "cpu": dict(
@@ -59,6 +66,7 @@ COLUMNS = [
     "tokens",
     "variant",
     "trainable",
+    "init_s",
     "step_ms",
     "time_vs_lora",
     "saved_mib",
@@ -110,7 +118,7 @@ def unit_name(unit: tuple) -> str:
 
 def adapt(base: nn.Module, variant: str, targets: list[str], rank: int) -> tuple[nn.Module, bool]:
     """(adapted copy of ``base``, whether its forward runs under bf16 autocast)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import KasaConfig, LoraConfig, get_peft_model
 
     from sorsa_repro.methods import find_targets
     from sorsa_repro.methods.sorsa import apply_sorsa
@@ -118,6 +126,19 @@ def adapt(base: nn.Module, variant: str, targets: list[str], rank: int) -> tuple
     model = copy.deepcopy(base)
     if variant == "full":
         return model.requires_grad_(True), False
+    if variant in ("kasa", "soma"):  # peft's KaSA variant; SoMA's adapted layer: MiLoRA's init on a peft LoRA
+        from sorsa_repro.methods.peft_inits import init_milora
+
+        kasa = KasaConfig(beta=1e-4, gamma=1e-3) if variant == "kasa" else None
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, kasa_config=kasa)
+        model = get_peft_model(model, config)
+        return (init_milora(model, marker="soma") if variant == "soma" else model), False
+    if variant in ("salt", "sst"):
+        from sorsa_repro.method_registry import get, resolve
+        from sorsa_repro.methods.config import MethodConfig
+
+        cfg = MethodConfig(name=variant, rank=rank, target_modules=tuple(targets))
+        return resolve(get(variant).apply)(model, cfg, find_targets(model, targets), None, None), False
     if variant in ("lora", "pissa"):
         init = True if variant == "lora" else "pissa_niter_4"  # init speed only; the step is the same
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=init)
@@ -139,12 +160,18 @@ def adapt(base: nn.Module, variant: str, targets: list[str], rank: int) -> tuple
 
 
 class Step:
-    """One training step of ``model`` on a fixed input and output gradient."""
+    """One training step of ``model`` on a fixed input and output gradient (KaSA: its regularizer added)."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, dy: torch.Tensor, autocast: bool):
-        self.model, self.x, self.dy, self.autocast = model, x, dy, autocast
+    def __init__(self, model: nn.Module, x: torch.Tensor, dy: torch.Tensor, autocast: bool, extra=None):
+        self.model, self.x, self.dy, self.autocast, self.extra = model, x, dy, autocast, extra
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-6)
+
+    def backward(self, y: torch.Tensor) -> None:
+        if self.extra is None:
+            y.backward(self.dy)
+        else:  # the same gradient of y, plus the method's loss term
+            ((y * self.dy).sum() + self.extra()).backward()
 
     def forward(self) -> torch.Tensor:
         ctx = (
@@ -154,7 +181,7 @@ class Step:
             return self.model(self.x)
 
     def __call__(self) -> None:
-        self.forward().backward(self.dy)
+        self.backward(self.forward())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.x.grad = None
@@ -170,9 +197,9 @@ class Step:
             torch.cuda.synchronize()
             transient = torch.cuda.max_memory_allocated() - before
             return {**out, "peak_mib": (fixed - static["grads"] + transient) / MIB}
-        with saved_for_backward(exclude=self.model.parameters()) as saved:
+        with saved_for_backward(exclude=[*self.model.parameters(), *self.model.buffers()]) as saved:
             y = self.forward()
-        y.backward(self.dy)
+        self.backward(y)
         self.optimizer.zero_grad(set_to_none=True)
         self.x.grad = None
         activations = sum(saved.values())
@@ -184,14 +211,23 @@ def bench_unit(unit: tuple, settings: dict, device: torch.device, smoke: bool) -
     torch.manual_seed(0)
     base, targets, width, tokens = build_unit(unit, smoke)
     base = base.to(device=device, dtype=dtype)
-    steps = {}
+    steps, init_s = {}, {}
     for variant in VARIANTS:
+        sync(device)
+        started = time.perf_counter()
         model, autocast = adapt(base, variant, targets, settings["rank"])
+        sync(device)
+        init_s[variant] = time.perf_counter() - started
         gen = torch.Generator(device).manual_seed(1)
         x = torch.randn(1, tokens, width, device=device, dtype=dtype, generator=gen).requires_grad_(True)
         out_width = unit[1] if unit[0] == "linear" else width
         dy = torch.randn(1, tokens, out_width, device=device, dtype=dtype, generator=gen)
-        steps[variant] = Step(model, x, dy, autocast)
+        extra = None
+        if variant == "kasa":
+            from sorsa_repro.methods.kasa import kasa_loss
+
+            extra = lambda m=model: kasa_loss(m)  # noqa: E731
+        steps[variant] = Step(model, x, dy, autocast, extra)
     del base
     times = interleaved_times(steps, settings["repeats"], settings["warmup"], device)
     rows = []
@@ -203,6 +239,7 @@ def bench_unit(unit: tuple, settings: dict, device: torch.device, smoke: bool) -
                 "tokens": tokens,
                 "variant": variant,
                 "trainable": trainable,
+                "init_s": round(init_s[variant], 4),
                 "step_ms": 1000 * median(times[variant]),
                 "step_ms_all": [round(1000 * t, 2) for t in times[variant]],
                 **step.memory(),

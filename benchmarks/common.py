@@ -93,15 +93,18 @@ def saved_for_backward(exclude: Iterable[torch.Tensor] = ()):
 
 
 def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """Parameters (all), gradients (trainable ones) and optimizer state, in bytes."""
+    """Parameters (all), buffers (SALT's and SST's frozen singular vectors), gradients (trainable ones) and
+    optimizer state, in bytes."""
     params = {p.untyped_storage().data_ptr(): p for p in model.parameters()}.values()
     trainable = [p for p in params if p.requires_grad]
     state = 0
     if optimizer is not None:
         for entry in optimizer.state.values():
             state += sum(t.nbytes for t in entry.values() if torch.is_tensor(t))
+    buffers = {b.untyped_storage().data_ptr(): b for b in model.buffers()}.values()
     return {
         "params": sum(p.nbytes for p in params),
+        "buffers": sum(b.nbytes for b in buffers),
         "grads": sum(p.nbytes for p in trainable),
         "optimizer": state,
     }

@@ -48,7 +48,8 @@ def run_smoke(name: str, tmp_path) -> dict:
 def test_adapter_step_smoke(tmp_path):
     payload = run_smoke("adapter_step", tmp_path)
     variants = {r["variant"] for r in payload["rows"]}
-    assert variants == {"sorsa", "sorsa_reference", "lora", "pissa", "full"}
+    assert variants == {"sorsa", "sorsa_reference", "lora", "pissa", "full", "kasa", "soma", "salt", "sst"}
+    assert all(r["init_s"] >= 0 for r in payload["rows"])
     assert all(r["time_vs_lora"] == 1 for r in payload["rows"] if r["variant"] == "lora")
     for checks in payload["targets"].values():
         assert set(checks) == {

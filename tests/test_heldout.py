@@ -155,7 +155,9 @@ def test_a_finished_training_only_job_is_skipped_before_anything_loads(tmp_path)
     cfg = tiny_cfg(tmp_path, "base")
     run_dir = Path(cfg.run_dir)
     assert not finished_training_only(cfg, run_dir)  # nothing there yet
-    atomic_write_json(run_dir / "result.json", {"config_hash": config_hash(cfg), "train": {"status": "finished"}})
+    atomic_write_json(
+        run_dir / "result.json", {"config_hash": config_hash(cfg), "train": {"status": "finished"}}
+    )
     assert finished_training_only(cfg, run_dir)
     assert not finished_training_only(tiny_cfg(tmp_path, "base", "evaluate.benchmarks=[synthetic]"), run_dir)
     atomic_write_json(run_dir / "result.json", {"config_hash": "another", "train": {"status": "finished"}})

@@ -40,10 +40,16 @@ from sorsa_repro.models import OFFLINE_MODEL, cache_dir, tiny_llama_config
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 RANK = 8
-METHODS = ["full", "lora", "pissa", "pissa_niter_4", "dora", "olora", "sorsa", "milora", "svfit"]
-ADAPTERS = ["lora", "pissa", "dora", "olora", "sorsa", "milora", "svfit"]
-PEFT_METHODS = ["lora", "pissa", "dora", "olora", "milora"]
-CONVERTED = ("pissa", "olora", "milora")  # they change the base: saved as a rank-2r LoRA relative to W
+# the methods whose adapted model equals the base model at init (KaSA's truncation changes it by design: its own
+# test in test_new_methods.py)
+METHODS = ["full", "lora", "pissa", "pissa_niter_4", "dora", "olora", "sorsa", "milora", "svfit", "soma", "salt",
+           "sst"]  # fmt: skip
+TRAINABLE = [*METHODS, "kasa"]
+# adapters whose loading runs no SVD (KaSA's and SALT's do: test_new_methods.py)
+ADAPTERS = ["lora", "pissa", "dora", "olora", "sorsa", "milora", "svfit", "soma", "sst"]
+PEFT_METHODS = ["lora", "pissa", "dora", "olora", "milora", "soma"]
+# they change the base: saved as a rank-2r LoRA relative to W
+CONVERTED = ("pissa", "olora", "milora", "soma")
 
 # Logits of an adapted model at init against the base model's, relative to the logits' scale.
 # fp32: only the SVD and the residual subtraction round (measured <= 3e-7 on the tiny model).
@@ -306,7 +312,7 @@ def test_peft_merge_model_matches_unmerged(tiny_model_factory, tiny_input_ids, m
 # fp32 for every adapter method; in bf16 SORSA, SVFit, LoRA, DoRA and MiLoRA also restore bit for bit (MiLoRA's
 # residual is computed from its factors as stored, unlike peft's PiSSA/OLoRA: see the bf16 test below)
 EXACT_ROUND_TRIPS = [(m, "float32") for m in [*ADAPTERS, "pissa_niter_4"]] + [
-    (m, "bfloat16") for m in ("sorsa", "svfit", "lora", "dora", "milora")
+    (m, "bfloat16") for m in ("sorsa", "svfit", "lora", "dora", "milora", "soma", "sst")
 ]
 
 
@@ -501,11 +507,24 @@ def expected_trainable(model: nn.Module, method: str) -> tuple[set[str], int]:
     names, count = set(), 0
     for target in find_targets(model, DEFAULT_TARGETS):
         out_f, in_f = model.get_submodule(target).weight.shape
+        k = min(out_f, in_f)
         if method == "svfit":  # the r singular values only
             names.add(f"{target}.sorsa_S")
             count += RANK
             continue
+        if (
+            method == "salt"
+        ):  # scale and shift of the top r; X, Y of rank lora_rank (= r) in the remaining k - r
+            names |= {f"{target}.salt_{key}" for key in ("scale", "shift", "X", "Y")}
+            count += 2 * RANK + 2 * (k - RANK) * RANK
+            continue
+        if method == "soma" and not target.startswith("model.layers.1."):  # round(2 / 3) = 1: block 0 frozen
+            continue
         count += RANK * (in_f + out_f)
+        if method == "sst":  # all k singular values, the r sampled left and right singular vectors
+            names |= {f"{target}.sst_{key}" for key in ("S", "U", "Vt")}
+            count += k
+            continue
         if method == "sorsa":
             names |= {f"{target}.sorsa_{k}" for k in ("U", "S", "Vt")}
             count += RANK
@@ -515,10 +534,13 @@ def expected_trainable(model: nn.Module, method: str) -> tuple[set[str], int]:
         if method == "dora":
             names.add(f"{prefix}.lora_magnitude_vector.default.weight")
             count += out_f
+        if method == "kasa":  # the r learnable singular values d
+            names.add(f"{prefix}.lora_diag.default")
+            count += RANK
     return names, count
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TRAINABLE)
 def test_only_intended_parameters_are_trainable(tiny_model_factory, method):
     names, count = expected_trainable(tiny_model_factory(), method)
     model = apply_method(tiny_model_factory(), {"name": method, "rank": RANK})
@@ -564,7 +586,17 @@ def test_trainable_params_on_meta_llama2_7b(monkeypatch):
     assert (milora, svfit) == (319_815_680, 28_672)
     assert trainable_params_on_meta(llama2_7b, {"name": "milora", "rank": r})[0] == milora
     assert trainable_params_on_meta(llama2_7b, {"name": "svfit", "rank": r})[0] == svfit
-    assert len(built) == 5 and svd_calls == []
+    # KaSA: LoRA's factors + the r learnable singular values of each target (SORSA's count); SoMA: LoRA's factors in
+    # the 21 adapted blocks (round(32 / 3) = 11 frozen); SALT (lora_rank = r): 2r + 2 (k - r) r per target, k = 4096;
+    # SST: the r sampled vectors of U and V plus all k singular values per target
+    k = h
+    kasa, soma = sorsa, (layers - 11) * sum(r * (o + i) for o, i in shapes)
+    salt = layers * len(shapes) * (2 * r + 2 * (k - r) * r)
+    sst = lora + layers * len(shapes) * k
+    assert (kasa, soma, salt, sst) == (319_844_352, 209_879_040, 227_598_336, 320_733_184)
+    for name, want in (("kasa", kasa), ("soma", soma), ("salt", salt), ("sst", sst)):
+        assert trainable_params_on_meta(llama2_7b, {"name": name, "rank": r})[0] == want, name
+    assert len(built) == 9 and svd_calls == []
     assert all(p.device.type == "meta" for model in built for p in model.parameters())
 
 

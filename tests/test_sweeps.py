@@ -61,7 +61,9 @@ def test_sweep_files_expand_to_the_declared_jobs():
     claims = sweep_jobs(compose_sweep("+sweep=claims", "experiment=mini"))
     assert len(claims) == 18 and {j[0] for j in claims} >= {"+arm=base", "+arm=sorsa_gamma0"}
     study = sweep_jobs(compose_sweep("+sweep=lr_study", "experiment=mini_lr"))
-    assert len(study) == 6 * 6 * 3  # arms x learning-rate multipliers (0.3, 1, 3, 10, 30, 100) x seeds 100-102
+    assert (
+        len(study) == 6 * 6 * 3
+    )  # arms x learning-rate multipliers (0.3, 1, 3, 10, 30, 100) x seeds 100-102
     assert {j[2] for j in study} == {"seed=100", "seed=101", "seed=102"}
     assert len(sweep_jobs(compose_sweep("+sweep=ranks", "experiment=mini"))) == 15
     ortho = sweep_jobs(compose_sweep("+sweep=ortho_modes", "experiment=mini"))
@@ -204,3 +206,23 @@ def test_the_methods_sweep_runs_every_method_and_each_job_validates(experiment, 
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose(config_name="train", overrides=[*job, f"results_dir={tmp_path}"])
         validate_config(cfg)
+
+
+@pytest.mark.slow
+def test_the_methods_sweep_runs_all_sixteen_methods_and_the_base_model_end_to_end(tmp_path):
+    """`+sweep=methods` on the tiny model, one seed: every method trains, exports and is evaluated (3 problems)."""
+    from sorsa_repro.method_registry import REGISTRY
+
+    args = ["+sweep=methods", "seed=0", f"results_dir={tmp_path}", *TINY, "method.rank=4",
+            "evaluate.benchmarks=[synthetic]", "evaluate.limit=2", "evaluate.max_new_tokens=4", "evaluate.backend=hf"]  # fmt: skip
+    proc = train(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {p.name.split("-r")[0]: p for p in (tmp_path / "mini").iterdir() if p.is_dir()}
+    assert sorted(runs) == sorted(set(REGISTRY) - {"peft"}) and len(runs) == 17
+    for method, run in runs.items():
+        result = json.loads((run / "result.json").read_text())
+        assert result["train"]["status"] == "finished", method
+        assert result["eval"]["synthetic"]["n"] == 2, method
+        assert (run / "merged" / "config.json").exists(), method
+        assert (run / "adapter").exists() == (REGISTRY[method].adapter is not None), method
+        assert (run / "adapter_lora").exists() == REGISTRY[method].lora_export, method

@@ -42,19 +42,23 @@ CARD = "README.md"
 
 
 def export_kind(path: str | os.PathLike) -> str:
-    """``peft`` (adapter_config.json), ``sorsa`` (this suite's SORSA/SVFit format) or ``merged`` (a model)."""
+    """``peft`` (adapter_config.json), ``sorsa`` (this suite's SORSA/SVFit format), ``layers`` (this suite's
+    SALT/SST format) or ``merged`` (a model)."""
+    from sorsa_repro.methods import layers_io
     from sorsa_repro.methods.sorsa_io import ADAPTER_CONFIG
 
     path = Path(path)
     if (path / ADAPTER_CONFIG).is_file():
         return "sorsa"
+    if (path / layers_io.ADAPTER_CONFIG).is_file():
+        return "layers"
     if (path / "adapter_config.json").is_file():
         return "peft"
     if (path / "config.json").is_file():
         return "merged"
     raise FileNotFoundError(
-        f"{path} holds no export: expected adapter_config.json (peft), {ADAPTER_CONFIG} (SORSA) or config.json "
-        "(a merged model)"
+        f"{path} holds no export: expected adapter_config.json (peft), {ADAPTER_CONFIG} (SORSA), "
+        f"{layers_io.ADAPTER_CONFIG} (SALT, SST) or config.json (a merged model)"
     )
 
 
@@ -73,8 +77,11 @@ def recorded_base(path: str | os.PathLike) -> str | None:
     kind = export_kind(path)
     if kind == "peft":
         return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if kind == "sorsa":
-        return json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model")
+    if kind in ("sorsa", "layers"):
+        from sorsa_repro.methods import layers_io
+
+        config = ADAPTER_CONFIG if kind == "sorsa" else layers_io.ADAPTER_CONFIG
+        return json.loads((path / config).read_text()).get("base_model")
     return base_model_id((run_config(path.parent).get("model") or {}).get("name"))
 
 

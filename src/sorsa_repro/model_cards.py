@@ -25,6 +25,16 @@ def _adapter_shape(path: Path, kind: str, trained_rank) -> tuple[str, list[str]]
             "the fine-tuned model with its adapter folded in: a plain transformers model (vLLM reads it)",
             [],
         )
+    if kind == "layers":
+        from sorsa_repro.methods import layers_io
+
+        layers = json.loads((path / layers_io.ADAPTER_CONFIG).read_text())["layers"]
+        kinds = sorted({c["kind"] for c in layers.values()})
+        return (
+            f"{'/'.join(k.upper() for k in kinds)} layers of {len(layers)} matrices in this suite's format (exact; "
+            "`sorsa_repro.methods.load_adapter`)",
+            kinds,
+        )
     if kind == "sorsa":
         config = json.loads((path / ADAPTER_CONFIG).read_text())
         what = "SVFit" if config.get("train_vectors") is False else "SORSA"
@@ -63,7 +73,7 @@ def _loading(path: Path, kind: str, base: str | None) -> str:
         "machine (`sorsa_repro.exports.base_model_path`); `sorsa_repro.exports.load_export` loads the whole "
         "thing."
     )
-    if kind == "sorsa":
+    if kind in ("sorsa", "layers"):
         return (
             "```python\nfrom transformers import AutoModelForCausalLM\nfrom sorsa_repro.methods import load_adapter\n"
             f'base = AutoModelForCausalLM.from_pretrained("{base}")\nmodel = load_adapter(base, "{name}")\n```\n\n'

@@ -70,11 +70,13 @@ def resolve_target(cfg: EvalConfig, backend: str, have_model: bool = False) -> t
 
 
 def check_adapter(path: Path) -> None:
+    from sorsa_repro.methods.layers_io import ADAPTER_CONFIG as LAYERS_CONFIG
     from sorsa_repro.methods.sorsa_io import ADAPTER_CONFIG
 
-    if not any((path / name).is_file() for name in ("adapter_config.json", ADAPTER_CONFIG)):
+    if not any((path / name).is_file() for name in ("adapter_config.json", ADAPTER_CONFIG, LAYERS_CONFIG)):
         raise FileNotFoundError(
-            f"adapter={path}: no adapter_config.json (peft) or {ADAPTER_CONFIG} (SORSA) in that folder"
+            f"adapter={path}: no adapter_config.json (peft), {ADAPTER_CONFIG} (SORSA) or {LAYERS_CONFIG} (SALT, "
+            "SST) in that folder"
         )
     check_model_files(path)
 

@@ -4,10 +4,15 @@
 also ``alpha``, ``svd`` (exact | randomized), ``niter``. Everything is validated against the model
 before any SVD runs.
 
-Saved adapters (``save_adapter``): LoRA, DoRA, PiSSA, OLoRA and MiLoRA as standard peft adapters that
-``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA/MiLoRA converted to a rank-2r LoRA:
-``peft_io``); SORSA and SVFit in this project's own format (exact factors), plus ``save_sorsa_lora``: its weight
-change as a rank-2r peft LoRA adapter (``sorsa_io``). ``load_adapter`` restores any of them as trained.
+Every method is one entry of the registry (``sorsa_repro.method_registry``): ``apply_method`` dispatches through
+it, ``validate`` reads its rank limit and checks, ``trainable_params_on_meta`` its counter.
+
+Saved adapters (``save_adapter``): the peft methods as standard peft adapters that
+``PeftModel.from_pretrained(unmodified_base, folder)`` loads (PiSSA/OLoRA/MiLoRA/SoMA converted to a rank-2r LoRA:
+``peft_io``; KaSA as peft saves it: peft truncates the fresh base again when it loads it); SORSA and SVFit in this
+project's own format (exact factors), plus ``save_sorsa_lora``: its weight change as a rank-2r peft LoRA adapter
+(``sorsa_io``); SALT and SST in the own-layer format (``layers_io``), SALT's weight change also as a peft LoRA
+(``save_lora_export``). ``load_adapter`` restores any of them as trained.
 Every config records the base model as its hub id or the name the user gave (``base_model_id``).
 """
 
@@ -20,9 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sorsa_repro.methods import peft_inits, peft_io, peft_layers, peft_methods, sorsa, sorsa_io
+from sorsa_repro import method_registry as registry
+from sorsa_repro.methods import layers_io, peft_io, peft_layers, sorsa, sorsa_io
 from sorsa_repro.methods.config import DATA_METHODS, DEFAULT_TARGETS, METHODS, UNTRAINED_METHODS, MethodConfig
-from sorsa_repro.methods.full import apply_base, apply_full
+from sorsa_repro.methods.layers_io import AdapterLayer, adapter_layers
 from sorsa_repro.methods.sorsa import SORSALinear, merge_sorsa
 from sorsa_repro.methods.sorsa_penalty import orthonormal_penalty
 
@@ -35,6 +41,7 @@ __all__ = [
     "UNTRAINED_METHODS",
     "apply_method",
     "cast_residuals",
+    "count_by_applying",
     "count_parameters",
     "effective_weights",
     "find_targets",
@@ -43,6 +50,7 @@ __all__ = [
     "merge_sorsa",
     "orthonormal_penalty",
     "save_adapter",
+    "save_lora_export",
     "save_sorsa_lora",
     "trainable_params_on_meta",
 ]
@@ -58,33 +66,29 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
 
 
 def validate(model: nn.Module, cfg: MethodConfig) -> list[str]:
-    """Check ``cfg`` against the model (targets exist, rank fits) and return the target names."""
+    """Check ``cfg`` against the model (targets exist, rank fits, the method's own checks) and return the target
+    names; nothing is changed and no SVD runs."""
     targets = find_targets(model, cfg.target_modules)
     if not targets:
         raise ValueError(
             f"target_modules {list(cfg.target_modules)} match no nn.Linear in {type(model).__name__}"
         )
-    if cfg.name == "peft":
-        config = peft_methods.read_peft_config(cfg.config)  # a missing or malformed file fails here
-        if peft_methods.needs_data(config):
+    entry = registry.get(cfg.name)
+    if entry.check:
+        registry.resolve(entry.check)(model, cfg, targets)
+    for name in targets if entry.rank_limit != "none" else ():
+        out_f, in_f = model.get_submodule(name).weight.shape
+        if entry.rank_limit == "in" and cfg.rank > in_f:  # MiSS: r splits the input into r-wide chunks
+            raise ValueError(f"rank {cfg.rank} is larger than in_features = {in_f} of {name} (MiSS: r <= in)")
+        if entry.rank_limit == "min" and cfg.rank > min(out_f, in_f):
             raise ValueError(
-                f"method.config={cfg.config}: init_lora_weights={config.init_lora_weights!r} initialises from "
-                f"training data; use method={config.init_lora_weights} (the training task runs its data pass)"
+                f"rank {cfg.rank} is larger than min(out, in) = {min(out_f, in_f)} of {name} ({out_f} x {in_f})"
             )
-    elif cfg.name == "miss":  # MiSS's r splits the input into r-wide chunks: r <= in_features only
-        for name in targets:
-            in_f = model.get_submodule(name).in_features
-            if cfg.rank > in_f:
-                raise ValueError(
-                    f"rank {cfg.rank} is larger than in_features = {in_f} of {name} (MiSS: r <= in)"
-                )
-    elif cfg.name not in ("full", *UNTRAINED_METHODS):
-        for name in targets:
-            out_f, in_f = model.get_submodule(name).weight.shape
-            if cfg.rank > min(out_f, in_f):
-                raise ValueError(
-                    f"rank {cfg.rank} is larger than min(out, in) = {min(out_f, in_f)} of {name} ({out_f} x {in_f})"
-                )
+        if entry.rank_limit == "below_min" and cfg.rank >= min(out_f, in_f):
+            raise ValueError(
+                f"rank {cfg.rank} must be smaller than min(out, in) = {min(out_f, in_f)} of {name} ({out_f} x "
+                f"{in_f}): {entry.display} keeps min(out, in) - r components of the base weight"
+            )
     return targets
 
 
@@ -111,53 +115,23 @@ def apply_method(
         raise ValueError(
             f"method {cfg.name} takes no batches or initial adapter (only {', '.join(DATA_METHODS)})"
         )
-    if cfg.name == "full":
-        model = apply_full(model)
-    elif cfg.name == "base":
-        model = apply_base(model)
-    elif cfg.name in ("sorsa", "svfit"):  # SVFit: SORSA's layer with frozen singular vectors
-        from sorsa_repro.models import resolve_dtype
-
-        model = sorsa.apply_sorsa(
-            model,
-            targets,
-            cfg.rank,
-            cfg.alpha,
-            cfg.dropout,
-            resolve_dtype(cfg.adapter_dtype),
-            cfg.svd,
-            cfg.niter,
-            train_vectors=cfg.name == "sorsa",
-        )
-    elif cfg.name == "peft":
-        config = peft_methods.read_peft_config(cfg.config)
-        if config.target_modules is None:  # peft would guess by architecture; the protocol's targets instead
-            config.target_modules = sorted({n.rsplit(".", 1)[-1] for n in targets})
-        model = peft_methods.apply_peft(model, config)
-    else:
-        config = peft_methods.lora_config(
-            cfg.name,
-            cfg.rank,
-            cfg.alpha,
-            cfg.dropout,
-            sorted({n.rsplit(".", 1)[-1] for n in targets}),
-            cfg.svd,
-            cfg.niter,
-        )
-        model = peft_methods.apply_peft(model, config, batches, initial_adapter)
-        if cfg.name == "milora":  # built as plain LoRA (init True); now the minor factors and the residual
-            model = peft_inits.init_milora(model)
+    model = registry.resolve(registry.get(cfg.name).apply)(model, cfg, targets, batches, initial_adapter)
     model.method_config = cfg
     return model
 
 
 @torch.no_grad()
 def cast_residuals(model: nn.Module, dtype: torch.dtype) -> int:
-    """Cast the frozen residual W_res of every SORSA layer and PEFT (PiSSA) layer to ``dtype``; the
-    adapters keep theirs. The references' mixed precision (``train.precision=reference``): W_res is computed
-    in fp32, then stored in bf16. Returns the number of matrices cast."""
+    """Cast the frozen residual W_res of every SORSA layer and PEFT (PiSSA) layer, and the frozen weights and
+    singular vectors of the own layers (SALT, SST), to ``dtype``; the trained parameters keep theirs. The
+    references' mixed precision (``train.precision=reference``): W_res is computed in fp32, then stored in bf16.
+    Returns the number of matrices cast."""
     count = 0
     for module in model.modules():
+        if isinstance(module, AdapterLayer):
+            module.cast_frozen(dtype)
+            count += 1
+            continue
         if isinstance(module, SORSALinear):
             weight = module.weight
         elif isinstance(module, peft_layers.LoraLayer):
@@ -189,40 +163,33 @@ def trainable_params_on_meta(model_config, cfg: Mapping | MethodConfig) -> tuple
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     targets = validate(model, cfg)
-    if cfg.name == "full":
-        return count_parameters(apply_full(model))
-    if cfg.name == "base":
-        return count_parameters(apply_base(model))
-    # per target: r * (in + out) (LoRA and its inits), + r singular values (SORSA), + out (DoRA); r * in (MiCA,
-    # its B is frozen), r * out (MiSS): peft_layers.added_parameters
-    for param in model.parameters():
-        param.requires_grad_(False)
-    if cfg.name in ("sorsa", "svfit"):  # SVFit: only the r singular values per target
-        sorsa.apply_sorsa(model, targets, cfg.rank, train_vectors=cfg.name == "sorsa")
-        return count_parameters(model)
-    added = [
-        peft_layers.added_parameters(cfg.name, cfg.rank, *model.get_submodule(n).weight.shape)
-        for n in targets
-    ]
-    return sum(t for t, _ in added), count_parameters(model)[1] + sum(a for _, a in added)
+    return registry.resolve(registry.get(cfg.name).count)(model, cfg, targets)
+
+
+def count_by_applying(model: nn.Module, cfg: MethodConfig, targets: list[str]) -> tuple[int, int]:
+    """(trainable, total) of ``cfg``'s method applied to a meta-device model: the methods whose layers build on
+    the meta device from shapes alone (full, base, SORSA, SVFit, SALT, SST; no SVD runs there)."""
+    model = registry.resolve(registry.get(cfg.name).apply)(model, cfg, targets, None, None)
+    return count_parameters(model)
 
 
 def effective_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, dense float32 weight it applies now) for each adapted layer; names as in the base model.
+    """(name, dense float32 weight it applies now) for each of the method's target modules; names as in the base
+    model.
 
-    For full fine-tuning the adapted layers are the method's target modules.
+    The adapted layers give their current weight; a target left a plain nn.Linear gives its weight: full
+    fine-tuning's (trained), and the targets a method leaves frozen (SoMA's first blocks: no change), so that
+    the spectral analysis compares every method over the same matrices.
     """
     cfg = getattr(model, "method_config", None)
-    full_targets = (
-        set(find_targets(model, cfg.target_modules)) if cfg is not None and cfg.name == "full" else set()
-    )
+    plain_targets = set(find_targets(model, cfg.target_modules)) if cfg is not None else set()
     for name, module in model.named_modules():
         clean = name.removeprefix("base_model.model.")
-        if isinstance(module, SORSALinear):
+        if isinstance(module, (SORSALinear, AdapterLayer)):
             yield clean, module.effective_weight()
         elif isinstance(module, (peft_layers.LoraLayer, peft_layers.MissLayer)):
             yield clean, peft_layers.dense_weight(module)
-        elif name in full_targets:
+        elif name in plain_targets:
             yield clean, module.weight.detach().float()
 
 
@@ -233,7 +200,7 @@ def merge_model(model: nn.Module) -> nn.Module:
 
     if isinstance(model, PeftModel):
         return model.merge_and_unload()
-    return merge_sorsa(model)
+    return layers_io.merge_layers(merge_sorsa(model))
 
 
 def _base_name(model: nn.Module, base_model: str | None) -> str | None:
@@ -245,7 +212,7 @@ def _base_name(model: nn.Module, base_model: str | None) -> str | None:
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
-    """Adapter-only files for SORSA and PEFT methods (full fine-tuning has no adapter).
+    """Adapter-only files for SORSA, the own layers (SALT, SST) and PEFT methods (full fine-tuning has none).
 
     ``base_model``: the model name as given (hub id, local folder or a packaged name); default: the name the
     model was loaded from."""
@@ -255,6 +222,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base_model: str | No
         peft_io.save_peft_adapter(model, path, _base_name(model, base_model))
     elif sorsa.sorsa_layers(model):
         sorsa_io.save_sorsa_adapter(model, path, _base_name(model, base_model))
+    elif adapter_layers(model):
+        layers_io.save_layers_adapter(model, path, _base_name(model, base_model))
     else:
         raise ValueError("save_adapter: the model has no adapter (full fine-tuning saves the merged model)")
 
@@ -264,13 +233,25 @@ def save_sorsa_lora(model: nn.Module, path: str | os.PathLike, base_model: str |
     sorsa_io.save_sorsa_as_lora(model, path, _base_name(model, base_model))
 
 
+def save_lora_export(model: nn.Module, path: str | os.PathLike, base_model: str | None = None) -> None:
+    """The weight change as a standard peft LoRA adapter (``adapter_lora/``): SORSA and SVFit (rank 2r), SALT
+    (rank r + lora_rank); the methods whose registry entry says ``lora_export``."""
+    if sorsa.sorsa_layers(model):
+        save_sorsa_lora(model, path, base_model)
+    else:
+        layers_io.save_layers_as_lora(model, path, _base_name(model, base_model))
+
+
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Attach an adapter saved by ``save_adapter`` to a freshly loaded base model."""
     path = Path(path)
     if (path / sorsa_io.ADAPTER_CONFIG).exists():
         return sorsa_io.load_sorsa_adapter(model, path)
+    if (path / layers_io.ADAPTER_CONFIG).exists():
+        return layers_io.load_layers_adapter(model, path)
     if (path / "adapter_config.json").exists():
         return peft_io.load_peft_adapter(model, path)
     raise FileNotFoundError(
-        f"no adapter in {path} (expected {sorsa_io.ADAPTER_CONFIG} or adapter_config.json)"
+        f"no adapter in {path} (expected {sorsa_io.ADAPTER_CONFIG}, {layers_io.ADAPTER_CONFIG} or "
+        "adapter_config.json)"
     )

@@ -6,25 +6,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-METHODS = (
-    "base",
-    "full",
-    "lora",
-    "pissa",
-    "dora",
-    "olora",
-    "sorsa",
-    "peft",
-    "mica",
-    "miss",
-    "eva",
-    "corda",
-    "milora",
-    "svfit",
-)
-UNTRAINED_METHODS = ("base",)  # the pretrained model as it is: the floor every table shows (0 steps)
-DATA_METHODS = ("eva", "corda")  # initialised from activations of training data (``init_examples`` of them)
+from sorsa_repro import method_registry as registry
+
+# from the method registry (sorsa_repro/method_registry.py): one entry per method
+METHODS = registry.names()
+UNTRAINED_METHODS = registry.untrained_methods()  # base: the pretrained model, the floor of every table
+DATA_METHODS = registry.data_methods()  # EVA, CorDA: initialised from training data (``init_examples``)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# the settings of one method (MethodConfig fields), refused with any other
+METHOD_FIELDS = {"kasa_beta": "kasa", "kasa_gamma": "kasa", "first_block": "soma", "lora_rank": "salt"}
+# KaSA's defaults when unset: peft's KasaConfig defaults, the official code's (juyongjiang/KaSA main.py --beta 1e-4
+# --gemma 1e-3, its GLUE runs)
+KASA_DEFAULTS = {"kasa_beta": 1e-4, "kasa_gamma": 1e-3}
 # settings users look for under method. that live elsewhere (a method key would be silently ignored)
 SET_ELSEWHERE = {"weight_decay": "train.weight_decay", "batch_size": "train.batch_size", "seed": "seed"}
 
@@ -68,13 +61,31 @@ class MethodConfig:
             "help": "EVA, CorDA: training examples their init reads (the first of the run's epoch 0); 0 otherwise"
         },
     )
+    kasa_beta: float | None = field(
+        default=None,
+        metadata={"help": "KaSA: beta, the coefficient of sum(d^2) over its learnable singular values d"},
+    )
+    kasa_gamma: float | None = field(
+        default=None,
+        metadata={"help": "KaSA: gamma, the coefficient of ||B^T B - I_r||_F + ||A A^T - I_r||_F"},
+    )
+    first_block: int | None = field(
+        default=None,
+        metadata={
+            "help": "SoMA: the first adapted decoder block (the blocks before it stay frozen); null: round(L / 3) of "
+            "L blocks, the paper's 8 of 24 (methods/soma.py)"
+        },
+    )
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": "SALT: the rank of its low-rank update inside the remaining singular subspace"},
+    )
 
     def __post_init__(self):
         match = re.fullmatch(r"pissa_niter_(\d+)", str(self.name))
         if match:
             self.name, self.svd, self.niter = "pissa", "randomized", int(match.group(1))
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; known: {', '.join(METHODS)} (or pissa_niter_K)")
+        registry.get(self.name)  # an unknown name fails here, naming the known ones
         if (self.name == "peft") != (self.config is not None):
             raise ValueError(
                 "method.config (a peft adapter_config.json) goes with method=peft, and only with it"
@@ -88,6 +99,29 @@ class MethodConfig:
             )
         if self.init_examples < 0:
             raise ValueError(f"init_examples must be >= 0, got {self.init_examples!r}")
+        for key, owner in METHOD_FIELDS.items():  # a method's own settings, and only with it
+            if getattr(self, key) is not None and self.name != owner:
+                raise ValueError(
+                    f"method.{key}={getattr(self, key)!r}: it goes with method={owner}, and only with it"
+                )
+        if self.name == "kasa":
+            for key, default in KASA_DEFAULTS.items():
+                setattr(self, key, default if getattr(self, key) is None else float(getattr(self, key)))
+        if self.name == "salt" and self.lora_rank is None:
+            self.lora_rank = self.rank  # SALT's LoRA rank: the suite's r unless set
+        for key in ("kasa_beta", "kasa_gamma"):
+            if getattr(self, key) is not None and not getattr(self, key) >= 0:
+                raise ValueError(f"method.{key} must be >= 0, got {getattr(self, key)!r}")
+        for key in ("first_block", "lora_rank"):
+            value = getattr(self, key)
+            if value is not None and (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (1 if key == "lora_rank" else 0)
+            ):
+                raise ValueError(
+                    f"method.{key} must be an integer >= {1 if key == 'lora_rank' else 0}, got {value!r}"
+                )
         if self.name == "miss" and self.alpha is not None:
             raise ValueError("MiSS has no scale: leave alpha unset (null)")
         if self.alpha is not None and self.alpha <= 0:

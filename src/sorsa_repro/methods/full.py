@@ -14,3 +14,13 @@ def apply_base(model: nn.Module) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def apply_full_entry(model: nn.Module, cfg, targets, batches=None, initial=None) -> nn.Module:
+    """The registry's entry (``sorsa_repro.method_registry``): every weight trainable."""
+    return apply_full(model)
+
+
+def apply_base_entry(model: nn.Module, cfg, targets, batches=None, initial=None) -> nn.Module:
+    """The registry's entry: the pretrained model, frozen."""
+    return apply_base(model)

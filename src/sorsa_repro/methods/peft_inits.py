@@ -1,9 +1,11 @@
 """The LoRA initialisations run around peft: EVA's and CorDA's data passes, MiLoRA, and the residual base of the
 inits that change the base weights.
 
-PiSSA, OLoRA, CorDA and MiLoRA (``init_milora``: PiSSA's minor components) change the base weights at init
-(W_res = W - scale * B0 A0: ``BASE_MODIFYING``). ``restore_residual`` rebuilds that base from the initial factors
-B0, A0 (a loaded adapter, a resumed run), bit for bit and without an SVD or data.
+PiSSA, OLoRA, CorDA, MiLoRA and SoMA (``init_milora``: PiSSA's minor components) change the base weights at init
+(W_res = W - scale * B0 A0: their registry entries say ``changes_base``, ``modifies_base``). ``restore_residual``
+rebuilds that base from the initial factors B0, A0 (a loaded adapter, a resumed run), bit for bit and without an
+SVD or data. KaSA changes the base too (its truncation), but inside peft and not as W - B0 A0: peft truncates a
+fresh base again when it loads a KaSA adapter, so it is neither converted nor restored here.
 """
 
 from __future__ import annotations
@@ -15,20 +17,22 @@ from torch import nn
 
 from sorsa_repro.methods.peft_layers import lora_layers
 
-BASE_MODIFYING = (
-    "pissa",
-    "olora",
-    "corda",
-    "milora",
-)  # milora: this project's init (init_milora), not peft's
 EVA_MAX_PASSES = (
     1000  # EVA's incremental SVD cycles over its batches until it converges: a guard against a hang
 )
 
 
+def changes_base_init(init) -> bool:
+    """Whether ``init_lora_weights`` names an init that sets W_res = W - scale B0 A0 (pissa[_niter_K], olora,
+    corda, and this suite's milora and soma markers): the registry's ``changes_base`` of the method it names."""
+    from sorsa_repro import method_registry
+
+    name = init.split("_niter_")[0] if isinstance(init, str) else None
+    return name in method_registry.REGISTRY and method_registry.get(name).changes_base and name != "kasa"
+
+
 def modifies_base(config: PeftConfig) -> bool:
-    init = getattr(config, "init_lora_weights", True)
-    return isinstance(init, str) and init.split("_niter_")[0] in BASE_MODIFYING
+    return changes_base_init(getattr(config, "init_lora_weights", True))
 
 
 def _model_inputs(batch: dict, device) -> dict:
@@ -85,7 +89,7 @@ def restore_residual(peft_model: nn.Module, initial: dict[str, torch.Tensor]) ->
 
 
 @torch.no_grad()
-def init_milora(peft_model: nn.Module) -> nn.Module:
+def init_milora(peft_model: nn.Module, marker: str = "milora") -> nn.Module:
     """MiLoRA (arXiv 2406.09044) on a LoRA model built with ``init_lora_weights=True``: PiSSA's mirror image.
     Each target's factors become its r MINOR singular components and the residual keeps the principal ones:
 
@@ -93,12 +97,15 @@ def init_milora(peft_model: nn.Module) -> nn.Module:
 
     (U_min, S_min, V_min: the bottom r; the division by scale as in peft's PiSSA and MiLoRA's own svd_init.py, so
     scale B0 A0 = U_min S_min V_min^T whatever alpha). peft has no such init, so the config is marked
-    ``init_lora_weights="milora"`` afterwards: ``save_peft_adapter`` then converts it to a rank-2r LoRA relative
-    to the unmodified W as it does PiSSA, and ``load_peft_adapter`` rebuilds it from the file without an SVD."""
+    ``init_lora_weights=marker`` afterwards ("milora", or "soma": SoMA's init is the same on the blocks it adapts,
+    ysj9909/SoMA rein/peft/sora.py sora_init with first_eigen=False): ``save_peft_adapter`` then converts it to a
+    rank-2r LoRA relative to the unmodified W as it does PiSSA, and ``load_peft_adapter`` rebuilds it from the
+    file without an SVD."""
     from sorsa_repro.progress import Progress
 
     layers = lora_layers(peft_model).values()
-    progress = Progress("MiLoRA init (exact SVD)", len(layers), "matrices")  # a line every ~10 s
+    what = "MiLoRA" if marker == "milora" else "SoMA"
+    progress = Progress(f"{what} init (exact SVD)", len(layers), "matrices")  # a line every ~10 s
     for layer in layers:
         base = layer.get_base_layer()
         weight = base.weight
@@ -116,7 +123,7 @@ def init_milora(peft_model: nn.Module) -> nn.Module:
         base.weight.data = (weight.data.float() - delta.float()).to(weight.dtype)
         progress.update()
     progress.close()
-    peft_model.peft_config["default"].init_lora_weights = "milora"
+    peft_model.peft_config["default"].init_lora_weights = marker
     peft_model.initial_adapter_state = {  # B0, A0 on the CPU, for the save conversion (as apply_peft's)
         k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()
     }

@@ -30,8 +30,24 @@ def added_parameters(name: str, rank: int, out_f: int, in_f: int) -> tuple[int, 
         return rank * out_f, rank * out_f
     if name == "mica":  # A (r x in) trains, B (out x r) is frozen
         return rank * in_f, rank * (in_f + out_f)
-    lora = rank * (in_f + out_f) + (out_f if name == "dora" else 0)  # DoRA: + the magnitude vector
+    # DoRA: + the magnitude vector (out); KaSA: + the r learnable singular values (lora_diag)
+    lora = rank * (in_f + out_f) + {"dora": out_f, "kasa": rank}.get(name, 0)
     return lora, lora
+
+
+def count_entry(model: nn.Module, cfg, targets: list[str]) -> tuple[int, int]:
+    """(trainable, total) of a peft method on a meta-device model, from ``added_parameters`` per target (SoMA: the
+    targets of the blocks it adapts)."""
+    from sorsa_repro.methods import count_parameters
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if cfg.name == "soma":
+        from sorsa_repro.methods.soma import adapted_targets
+
+        targets = adapted_targets(model, cfg, targets)
+    added = [added_parameters(cfg.name, cfg.rank, *model.get_submodule(n).weight.shape) for n in targets]
+    return sum(t for t, _ in added), count_parameters(model)[1] + sum(a for _, a in added)
 
 
 def peft_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -1,7 +1,8 @@
-"""LoRA, PiSSA, DoRA, OLoRA, MiCA, EVA, CorDA (LoRA inits) and MiSS through the Hugging Face ``peft`` library:
-their configs (``lora_config``, ``read_peft_config``) and applying them to a model (``apply_peft``).
+"""LoRA, PiSSA, DoRA, OLoRA, MiCA, EVA, CorDA (LoRA inits), KaSA, MiSS, and the suite's MiLoRA and SoMA inits through
+the Hugging Face ``peft`` library: their configs (``lora_config``, ``read_peft_config``), applying them to a model
+(``apply_peft``) and the registry's entry for all of them (``apply_entry``).
 
-The inits run around peft (EVA's and CorDA's data passes, MiLoRA, the residual base): ``peft_inits``; saving and
+The inits run around peft (EVA's and CorDA's data passes, MiLoRA/SoMA, the residual base): ``peft_inits``; saving and
 loading adapters: ``peft_io``; the adapted layers (dense weights, parameter counts): ``peft_layers``.
 
 EVA and CorDA initialise from activations of training data (``DATA_METHODS``): ``apply_peft`` takes the
@@ -10,7 +11,8 @@ right singular vectors of each target's inputs (B = 0, base untouched; peft's ra
 rho = 1, so every target keeps rank r, LoRA's budget); CorDA (IPM) decomposes W C (C: the inputs' covariance)
 and subtracts the top-r part from W, as PiSSA does with W. MiCA (B = the r minor left singular vectors,
 frozen; A = 0, trained) and MiSS (a zero r x out block shared by the input's r-wide chunks) need no data and
-leave the base untouched.
+leave the base untouched. KaSA (``methods/kasa.py``) truncates the base and adapts with B diag(d) A; SoMA
+(``methods/soma.py``) is MiLoRA's init on the decoder blocks it adapts (``layers_to_transform``).
 """
 
 from __future__ import annotations
@@ -20,14 +22,25 @@ import json
 import os
 from pathlib import Path
 
-from peft import EvaConfig, LoraConfig, MissConfig, PeftConfig, get_peft_model, set_peft_model_state_dict
+from peft import (
+    EvaConfig,
+    KasaConfig,
+    LoraConfig,
+    MissConfig,
+    PeftConfig,
+    get_peft_model,
+    set_peft_model_state_dict,
+)
 from peft.tuners.lora.config import CordaConfig
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
+from sorsa_repro import method_registry
 from sorsa_repro.methods import peft_inits
 
-DATA_METHODS = ("eva", "corda")  # initialised from training data: apply_peft needs batches
+# the peft inits that read training data (their registry entries' data_init; each named as its init): apply_peft
+# needs batches
+DATA_METHODS = method_registry.data_methods()
 
 
 def lora_config(
@@ -38,7 +51,11 @@ def lora_config(
     targets: list[str],
     svd: str = "exact",
     niter: int = 4,
+    kasa: tuple[float, float] | None = None,
+    layers: list[int] | None = None,
 ) -> LoraConfig:
+    """The peft config of a method by name. ``kasa``: KaSA's (beta, gamma) (``KasaConfig``: the base truncated by
+    its r smallest components, B diag(d) A); ``layers``: the decoder blocks to adapt (SoMA), all when None."""
     if name == "miss":  # no alpha: MiSS has no scale
         return MissConfig(
             r=rank, miss_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM"
@@ -60,6 +77,9 @@ def lora_config(
         # rho 1: no rank redistribution, every target keeps rank r (peft's default 2 moves ranks between layers by
         # explained variance, so the parameter count would depend on the data); label-masked: response tokens only
         eva_config=EvaConfig(rho=1.0) if name == "eva" else None,
+        # KaSA (peft 0.21 tuners/lora/variants.py KasaLinearVariant): truncation at init, the learnable diag
+        kasa_config=KasaConfig(beta=kasa[0], gamma=kasa[1]) if name == "kasa" else None,
+        layers_to_transform=layers,
         corda_config=CordaConfig(corda_method="ipm")
         if name == "corda"
         else None,  # the paper's fine-tuning mode
@@ -133,7 +153,7 @@ def apply_peft(
         config = copy.deepcopy(config)
         config.init_lora_weights = True  # structure only
         peft_model = get_peft_model(model, config)
-        if init in peft_inits.BASE_MODIFYING:
+        if peft_inits.changes_base_init(init):
             peft_inits.restore_residual(peft_model, initial)
         else:
             set_peft_model_state_dict(peft_model, initial)
@@ -157,3 +177,43 @@ def apply_peft(
             k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()
         }
     return peft_model
+
+
+def check_entry(model: nn.Module, cfg, targets: list[str]) -> None:
+    """method=peft: its config file reads, and it is not an init that needs the training task's data pass."""
+    config = read_peft_config(cfg.config)  # a missing or malformed file fails here
+    if needs_data(config):
+        raise ValueError(
+            f"method.config={cfg.config}: init_lora_weights={config.init_lora_weights!r} initialises from "
+            f"training data; use method={config.init_lora_weights} (the training task runs its data pass)"
+        )
+
+
+def apply_entry(model: nn.Module, cfg, targets: list[str], batches=None, initial=None) -> nn.Module:
+    """The registry's entry of every method peft builds (``sorsa_repro.method_registry``): its config
+    (``lora_config`` by name, or method=peft's file), ``apply_peft``, then the inits this suite runs around peft
+    (MiLoRA's and SoMA's minor components)."""
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in targets})
+    if cfg.name == "peft":
+        config = read_peft_config(cfg.config)
+        if config.target_modules is None:  # peft would guess by architecture; the protocol's targets instead
+            config.target_modules = suffixes
+        return apply_peft(model, config)
+    config = lora_config(
+        cfg.name, cfg.rank, cfg.alpha, cfg.dropout, suffixes, cfg.svd, cfg.niter, **extra_settings(model, cfg)
+    )
+    model = apply_peft(model, config, batches, initial)
+    if cfg.name in ("milora", "soma"):  # built as plain LoRA (init True); now the minor factors, the residual
+        model = peft_inits.init_milora(model, marker=cfg.name)
+    return model
+
+
+def extra_settings(model: nn.Module, cfg) -> dict:
+    """``lora_config``'s keyword arguments beyond the common ones: KaSA's coefficients, SoMA's adapted blocks."""
+    if cfg.name == "kasa":
+        return {"kasa": (cfg.kasa_beta, cfg.kasa_gamma)}
+    if cfg.name == "soma":
+        from sorsa_repro.methods.soma import adapted_blocks
+
+        return {"layers": adapted_blocks(model, cfg)}
+    return {}

@@ -186,3 +186,21 @@ def merge_sorsa(model: nn.Module) -> nn.Module:
             plain.bias.copy_(layer.bias)
         model.set_submodule(name, plain)
     return model
+
+
+def apply_entry(model: nn.Module, cfg, targets: list[str], batches=None, initial=None) -> nn.Module:
+    """The registry's entry for SORSA and SVFit (``sorsa_repro.method_registry``): SVFit is SORSA's layer with
+    the singular vectors frozen. On the meta device it builds the shapes only (parameter counts)."""
+    from sorsa_repro.models import resolve_dtype
+
+    return apply_sorsa(
+        model,
+        targets,
+        cfg.rank,
+        cfg.alpha,
+        cfg.dropout,
+        resolve_dtype(cfg.adapter_dtype),
+        cfg.svd,
+        cfg.niter,
+        train_vectors=cfg.name == "sorsa",
+    )

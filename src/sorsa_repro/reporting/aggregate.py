@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sorsa_repro import method_registry
 from sorsa_repro.evaluation.tasks import BENCHMARKS, display_name
 from sorsa_repro.reporting.protocol import check_protocol
 from sorsa_repro.results import RESULT_FILE, UnreadableResultError, load_result
@@ -25,23 +26,8 @@ from sorsa_repro.results import RESULT_FILE, UnreadableResultError, load_result
 RUN_KEYS = ("experiment", "method", "rank", "seed")
 GROUP_KEYS = ["method", "rank", "variant"]
 METHOD_ORDER = ["base", "full", "lora", "pissa", "sorsa"]  # the floor, paper order; others alphabetically
-METHOD_NAMES = {
-    "base": "Base model (untrained)",
-    "full": "Full FT",
-    "lora": "LoRA",
-    "pissa": "PiSSA",
-    "sorsa": "SORSA",
-    "dora": "DoRA",
-    "olora": "OLoRA",
-    "mica": "MiCA",
-    "miss": "MiSS",
-    "eva": "EVA",
-    "corda": "CorDA",
-    "milora": "MiLoRA",
-    "svfit": "SVFit",
-    "peft": "PEFT config",  # method=peft: any peft adapter config; its file name is the variant
-}  # one per name in methods.config.METHODS (a test checks)
-SEEDLESS = ("base",)  # methods.config.UNTRAINED_METHODS: one run whatever the seed (seed 0)
+METHOD_NAMES = method_registry.display_names()  # one per method: its registry entry (method_registry.py)
+SEEDLESS = method_registry.untrained_methods()  # the base model: one run whatever the seed (seed 0)
 BENCH_ORDER = list(BENCHMARKS)
 GRADER_ORDER = ["metamath", "numeric", "lenient", "math_verify"]  # metamath first: the paper's comparison
 MODES = ("strict", "flexible")

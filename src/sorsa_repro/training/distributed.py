@@ -104,6 +104,13 @@ def build_strategy(cfg: DictConfig):
 
         return DDPStrategy(**kwargs)
     if name == "fsdp":
+        if cfg.method.name in ("kasa", "sst"):  # outside forward, FSDP holds each rank's shards only
+            raise ValueError(
+                f"trainer=fsdp with method={cfg.method.name}: "
+                + ("KaSA's regularizer reads whole factors" if cfg.method.name == "kasa" else
+                   "SST's rounds rewrite whole singular vectors")
+                + " between forward passes, where FSDP holds shards: use trainer=ddp (or one device)"
+            )  # fmt: skip
         own_layers = cfg.method.name in ("sorsa", "svfit")  # SORSA's layer: its factors are adapter_dtype
         bf16_adapters = own_layers and cfg.method.get("adapter_dtype") in ("bfloat16", "bf16")
         if cfg.train.precision == "reference" and cfg.method.get("residual_dtype") not in (

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from sorsa_repro.data.tokenize import IGNORE_INDEX
+from sorsa_repro.methods.hooks import MethodHooks
 from sorsa_repro.methods.sorsa_penalty import (
     orthonormal_penalty,
     penalty_and_grads,
@@ -36,8 +37,11 @@ class FineTuneModule(L.LightningModule):
 
     SORSA's orthonormal regularizer (``regularizer``, one of the modes in ``sorsa_repro.training.ortho``)
     acts through its hooks: on each micro-batch's loss, before and after gradient clipping, and after the
-    optimizer step. Layers whose singular vectors do not train (SVFit) take no regularizer. ``heldout``: the
-    held-out set, whose loss is measured after the optimizer steps it says (``training/heldout.py``).
+    optimizer step. Layers whose singular vectors do not train (SVFit) take no regularizer. ``hooks``: what the
+    method adds to training (``methods/hooks.py``: KaSA's loss term, SoMA's weight decay, SST's rounds), called
+    on each micro-batch's loss, before and after each optimizer step, and when a checkpoint is saved.
+    ``heldout``: the held-out set, whose loss is measured after the optimizer steps it says
+    (``training/heldout.py``).
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class FineTuneModule(L.LightningModule):
         regularizer: Regularizer | None = None,
         metrics_path: str | Path | None = None,
         heldout: HeldOut | None = None,
+        hooks: MethodHooks | None = None,
     ):
         super().__init__()
         self.model = model.train()
@@ -59,6 +64,7 @@ class FineTuneModule(L.LightningModule):
         # SORSA layers whose vectors train get the regularizer (SVFit freezes them: nothing to regularize or log)
         self.has_regularized_layers = bool(regularized_layers(model))
         self.regularizer = (regularizer if self.has_regularized_layers else None) or Regularizer(0.0)
+        self.hooks = hooks or MethodHooks()
         self.strict_loading = False  # checkpoints hold only the trainable parameters
         self.last_metrics: dict = {"step": 0}
         self._step_penalty = None  # L_orth computed during this optimizer step (logged, not recomputed)
@@ -80,7 +86,7 @@ class FineTuneModule(L.LightningModule):
         self._window["loss"] = self._window["loss"] + loss.detach()  # on the device; read once per step
         self._window["n"] += 1
         self._window["tokens"] += int(batch["attention_mask"].sum()) if n_tokens is None else n_tokens
-        return self.regularizer.loss(self, loss)
+        return self.hooks.loss(self.model, self.regularizer.loss(self, loss))
 
     def _check_finite_loss(self) -> None:
         """Before the optimizer step: a non-finite loss in any micro-batch of the window stops training, so
@@ -100,9 +106,12 @@ class FineTuneModule(L.LightningModule):
         self.regularizer.after_clip(self)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
+        self.hooks.before_step(self.model, torch_optimizer, self.last_metrics["step"])
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.regularizer.after_step(self)
         self._record_step()
+        self.hooks.after_step(self.model, torch_optimizer, self.last_metrics["step"])
 
     def fsdp_root(self):
         return fsdp_root(self._trainer)
@@ -236,6 +245,7 @@ class FineTuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # under FSDP the parameter names carry its wrappers; the (full) state dict's keys do not
         trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
+        trainable |= {f"model.{key}" for key in self.hooks.checkpoint_keys(self.model)}  # e.g. SST's vectors
         kept = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         if checkpoint["state_dict"] and not kept:  # a resume would silently restart the adapters
             raise RuntimeError("checkpoint: no trainable parameter matched the state dict's names")

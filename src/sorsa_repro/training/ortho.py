@@ -23,10 +23,14 @@ from dataclasses import dataclass
 import torch
 from omegaconf import OmegaConf
 
+from sorsa_repro import method_registry
+
 ORTHO_MODES = ("reference", "decoupled", "loss")
 # the method section's regularizer keys (conf/method/sorsa.yaml); ortho_coef is the resolved coefficient, shown
 REGULARIZER_KEYS = ("gamma", "ortho_mode", "ortho_accumulation", "ortho_coef")
-REGULARIZED_METHODS = ("sorsa",)  # SVFit freezes the vectors: its gamma is refused (training/validate.py)
+# the methods with the orthonormal regularizer (registry: regularizer="orthonormal"): SORSA; SVFit freezes the
+# vectors, its gamma is refused (training/validate.py)
+REGULARIZED_METHODS = tuple(m.name for m in method_registry.ENTRIES if m.regularizer == "orthonormal")
 
 
 def reference_coefficient(gamma: float, base_lr: float, accumulation: int) -> float:

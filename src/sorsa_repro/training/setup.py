@@ -81,7 +81,20 @@ def build_module(cfg: DictConfig, model, total_steps: int, run_dir: Path, heldou
         regularizer=regularizer,
         metrics_path=run_dir / "metrics.csv",
         heldout=heldout,
+        hooks=method_hooks(cfg, total_steps),
     )
+
+
+def method_hooks(cfg: DictConfig, total_steps: int):
+    """What the method adds to training (its registry entry's ``training`` factory; none: ``MethodHooks()``)."""
+    from sorsa_repro import method_registry
+    from sorsa_repro.methods.hooks import MethodHooks
+
+    entry = method_registry.get(cfg.method.name)
+    if entry.training is None:
+        return MethodHooks()
+    section = OmegaConf.to_container(cfg.method, resolve=True)
+    return method_registry.resolve(entry.training)(section, total_steps)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, total_steps: int, precision, pretrained, loggers):
@@ -173,9 +186,12 @@ def _callbacks(cfg: DictConfig, run_dir: Path, pretrained: dict | None = None) -
 
 def export_names(cfg: DictConfig) -> list[str]:
     """The folders a finished run writes (``task._export``)."""
-    adapter = cfg.train.save_adapter and cfg.method.name not in ("full", "base")
+    from sorsa_repro import method_registry
+
+    entry = method_registry.get(cfg.method.name)
+    adapter = cfg.train.save_adapter and entry.adapter is not None
     names = ["adapter/"] if adapter else []
-    names += ["adapter_lora/"] if adapter and cfg.method.name in ("sorsa", "svfit") else []
+    names += ["adapter_lora/"] if adapter and entry.lora_export else []
     return names + (["merged/"] if cfg.train.export_merged else [])
 
 

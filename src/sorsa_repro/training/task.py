@@ -16,12 +16,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sorsa_repro import method_registry
 from sorsa_repro.methods import (
     UNTRAINED_METHODS,
     MethodConfig,
     merge_model,
     save_adapter,
-    save_sorsa_lora,
+    save_lora_export,
 )
 from sorsa_repro.progress import PhaseTimes
 from sorsa_repro.results import (
@@ -224,6 +225,8 @@ def _fit_and_export(prepared: PreparedRun, progress: dict) -> None:
             "lr_multiplier": float(cfg.train.lr_multiplier),
             "ortho": module.regularizer.record(),
         }
+        if module.hooks.record() is not None:  # KaSA's regularizer, SoMA's weight decay, SST's rounds
+            settings["method_hooks"] = module.hooks.record()
         if batches is not None:  # the data pass of EVA/CorDA: what it read and what it cost (in init_time_s)
             passes = getattr(model, "eva_forward_passes", None)
             settings["init_data"] = {
@@ -271,13 +274,14 @@ def _fit(trainer, module, prepared: PreparedRun, loggers: list, resume: Path | N
 
 def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
     times = PhaseTimes("exports written", log)  # one line: the time of each
-    if cfg.train.save_adapter and method.name not in ("full", *UNTRAINED_METHODS):
+    entry = method_registry.get(method.name)
+    if cfg.train.save_adapter and entry.adapter is not None:
         with times.phase("adapter/"), atomic_dir(run_dir / "adapter") as tmp:
             save_adapter(model, tmp, base_model=cfg.model.name)
-    # adapter/ is SORSA's (and SVFit's) own format; this is peft's
-    if cfg.train.save_adapter and method.name in ("sorsa", "svfit"):
+    # adapter/ is SORSA's, SVFit's and SALT's own format; this is the same weight change as a peft LoRA
+    if cfg.train.save_adapter and entry.lora_export:
         with times.phase("adapter_lora/"), atomic_dir(run_dir / "adapter_lora") as tmp:
-            save_sorsa_lora(model, tmp, base_model=cfg.model.name)
+            save_lora_export(model, tmp, base_model=cfg.model.name)
     if cfg.train.export_merged:
         with times.phase("merged/"):
             merged = merge_model(model)

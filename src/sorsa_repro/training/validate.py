@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sorsa_repro import method_registry
 from sorsa_repro.methods import UNTRAINED_METHODS, MethodConfig, validate
 from sorsa_repro.results import load_result
 from sorsa_repro.training.distributed import build_strategy
@@ -26,7 +27,10 @@ from sorsa_repro.training.ortho import (
     regularizer_from_method,
 )
 
-TRAINING_KEYS = (*OPTIM_KEYS, *REGULARIZER_KEYS)  # the method section's keys training reads, not the method
+# the method section's keys training reads, not the method's layers: the optimiser's, SORSA's regularizer's and
+# those the methods' training hooks read (their registry entries' training_keys: SoMA's weight decay, SST's rounds)
+METHOD_TRAINING_KEYS = tuple(sorted({k for m in method_registry.ENTRIES for k in m.training_keys}))
+TRAINING_KEYS = (*OPTIM_KEYS, *REGULARIZER_KEYS, *METHOD_TRAINING_KEYS)
 PRECISIONS = {  # train.precision -> (dtype the model is loaded in, Lightning precision)
     "fp32": ("float32", "32-true"),
     "bf16-mixed": ("float32", "bf16-mixed"),
@@ -63,6 +67,27 @@ def training_settings(cfg: DictConfig) -> tuple[OptimSettings, Regularizer | Non
             + ", ".join(f"method.{k}={section[k]}" for k in given)
             + f": {why}; leave them unset (method=sorsa trains the singular vectors with it)"
         )
+    entry = method_registry.get(section["name"])
+    foreign = sorted(k for k in METHOD_TRAINING_KEYS if k in section and k not in entry.training_keys)
+    if foreign:  # another method's training setting: it would be silently ignored
+        owners = {k: [m.name for m in method_registry.ENTRIES if k in m.training_keys] for k in foreign}
+        raise ValueError(
+            f"method={section['name']} with "
+            + ", ".join(
+                f"method.{k}={section[k]} (a setting of method={'/'.join(owners[k])})" for k in foreign
+            )
+            + ": leave them unset"
+        )
+    missing = sorted(k for k in entry.training_keys if section.get(k) is None)
+    if missing:
+        raise ValueError(f"method={section['name']} needs " + ", ".join(f"method.{k}" for k in missing))
+    if "weight_decay_start" in entry.training_keys and optim.weight_decay:
+        raise ValueError(
+            f"method={section['name']} anneals its own weight decay (method.weight_decay_start -> "
+            f"method.weight_decay_end); train.weight_decay={optim.weight_decay} would be overwritten: leave it 0"
+        )
+    if entry.training is not None:
+        method_registry.resolve(entry.training)(section, 1)  # its settings' own checks (e.g. rounds >= 1)
     return optim, regularizer_from_method(section)
 
 
