@@ -14,15 +14,11 @@ import yaml
 
 from sorsa_repro.methods.config import METHODS
 from sorsa_repro.reporting import cli, wandb_report
-from sorsa_repro.reporting.aggregate import (
-    METHOD_ORDER,
-    collect_runs,
-    load_experiment,
-    summarize,
-)
+from sorsa_repro.reporting.aggregate import METHOD_ORDER, load_experiment, summarize
 from sorsa_repro.reporting.figures import seed_curves
 from sorsa_repro.reporting.protocol import ProtocolMismatchError
 from sorsa_repro.reporting.reference import load_reference
+from sorsa_repro.reporting.runs import collect_runs
 from sorsa_repro.reporting.table_format import latex_escape, to_latex, to_markdown
 from sorsa_repro.reporting.tables import accuracy_table
 from sorsa_repro.results import atomic_write_json, atomic_write_text

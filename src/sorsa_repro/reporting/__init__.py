@@ -7,11 +7,12 @@
 Command line: ``sorsa-report {tables,plots,all,analysis} experiment=<name>`` (see ``cli``).
 """
 
-from sorsa_repro.reporting.aggregate import Run, Summary, collect_runs, load_experiment, summarize
+from sorsa_repro.reporting.aggregate import Summary, load_experiment, summarize
 from sorsa_repro.reporting.figures import write_figures
 from sorsa_repro.reporting.protocol import ProtocolMismatchError, check_protocol
 from sorsa_repro.reporting.readme import write_readme
 from sorsa_repro.reporting.reference import load_reference
+from sorsa_repro.reporting.runs import Run, collect_runs
 from sorsa_repro.reporting.table_format import to_latex, to_markdown
 from sorsa_repro.reporting.tables import write_tables
 

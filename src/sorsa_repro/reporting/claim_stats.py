@@ -10,7 +10,7 @@ import statistics
 import pandas as pd
 
 from sorsa_repro.evaluation.summary import Z975
-from sorsa_repro.reporting.aggregate import Run
+from sorsa_repro.reporting.runs import Run
 
 # two-sided 95% Student-t quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df))
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,

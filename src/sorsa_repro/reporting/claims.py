@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass
 
 from sorsa_repro.evaluation.summary import wilson
-from sorsa_repro.reporting.aggregate import Run, Summary, group_label
+from sorsa_repro.reporting.aggregate import Summary, group_label
 from sorsa_repro.reporting.claim_stats import (
     final_heldout,
     final_penalty,
@@ -41,6 +41,7 @@ from sorsa_repro.reporting.claim_stats import (
     spectral_final,
     steps_to_half_loss,
 )
+from sorsa_repro.reporting.runs import Run
 
 GAMMA0 = "variant=gamma0"
 MCNEMAR_ALPHA = 0.05  # an accuracy verdict also needs the paired test on the same problems below this

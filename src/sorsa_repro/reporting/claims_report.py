@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sorsa_repro.reporting.aggregate import Run, Summary, group_label
+from sorsa_repro.reporting.aggregate import Summary, group_label
 from sorsa_repro.reporting.claims import Row, claim_rows, verdict_word
 from sorsa_repro.reporting.lr_robustness import claim_lines, grid_rows, matched_rows, robustness
 from sorsa_repro.reporting.lr_study import PAPER_MULTIPLIER, RULE, selection, study_experiment, study_seeds
+from sorsa_repro.reporting.runs import Run
 from sorsa_repro.results import atomic_write_text
 
 CLAIMS_FILE = "claims.md"

@@ -14,8 +14,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from sorsa_repro.reporting.aggregate import Run, Summary, bench_name, group_label, sort_key
+from sorsa_repro.reporting.aggregate import Summary, bench_name, group_label, sort_key
 from sorsa_repro.reporting.protocol import check_protocol
+from sorsa_repro.reporting.runs import Run
 from sorsa_repro.results import atomic_write_bytes
 
 EMA_SPAN = 10  # one smoothing setting for every curve and method

@@ -18,7 +18,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from sorsa_repro.reporting.aggregate import Run, Summary, group_label, load_experiment, sort_key
+from sorsa_repro.reporting.aggregate import Summary, group_label, load_experiment, sort_key
+from sorsa_repro.reporting.runs import Run
 from sorsa_repro.results import atomic_write_text
 
 STUDY_SUFFIX = "_lr"  # the study of experiment mini is experiment mini_lr

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sorsa_repro.reporting.aggregate import Run, Summary, bench_name
+from sorsa_repro.reporting.aggregate import Summary, bench_name
 from sorsa_repro.reporting.claims_report import CLAIMS_FILE
 from sorsa_repro.reporting.figures import CAPTIONS
 from sorsa_repro.reporting.lr_report import SENSITIVITY, SENSITIVITY_CAPTION, STUDY_FILE
 from sorsa_repro.reporting.protocol import EVAL_KEYS, shared_protocol
 from sorsa_repro.reporting.reproducibility import VERDICT_FILE
+from sorsa_repro.reporting.runs import Run
 from sorsa_repro.reporting.table_format import Table, to_markdown
 from sorsa_repro.reporting.tables import HEADER, format_params, main_tables, rank_tables
 from sorsa_repro.results import atomic_write_text

@@ -16,7 +16,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sorsa_repro.reporting.aggregate import Run, collect_runs, group_label, sort_key
+from sorsa_repro.reporting.aggregate import group_label, sort_key
+from sorsa_repro.reporting.runs import Run, collect_runs
 from sorsa_repro.results import atomic_write_json, atomic_write_text
 
 LOSS_RTOL = 1e-3

@@ -9,7 +9,8 @@ import math
 
 import pandas as pd
 
-from sorsa_repro.reporting.aggregate import GROUP_KEYS, Run, Summary, group_label, shown_rank
+from sorsa_repro.reporting.aggregate import GROUP_KEYS, Summary, group_label, shown_rank
+from sorsa_repro.reporting.runs import Run
 from sorsa_repro.reporting.table_format import MeanStd, Table
 
 # column -> (header, digits)
