@@ -162,3 +162,17 @@ def test_a_finished_training_only_job_is_skipped_before_anything_loads(tmp_path)
     assert not finished_training_only(tiny_cfg(tmp_path, "base", "evaluate.benchmarks=[synthetic]"), run_dir)
     atomic_write_json(run_dir / "result.json", {"config_hash": "another", "train": {"status": "finished"}})
     assert not finished_training_only(cfg, run_dir)  # another config's run: the normal path refuses it
+
+
+@pytest.mark.slow
+def test_a_training_only_study_run_leaves_no_checkpoint_behind(tmp_path):
+    """keep_checkpoints=false (the learning-rate studies): a finished run removes checkpoints/ (full FT's are
+    GBs each); without exports no final checkpoint is written at all."""
+    from sorsa_repro.training.task import run_training
+
+    extra = ("train.keep_checkpoints=false", "train.save_adapter=false", "train.export_merged=false")
+    run_dir = run_training(tiny_cfg(tmp_path / "a", "lora", *extra))
+    assert json.loads((run_dir / "result.json").read_text())["train"]["status"] == "finished"
+    assert not (run_dir / "checkpoints").exists()
+    kept = run_training(tiny_cfg(tmp_path / "b", "lora"))  # the default keeps them, to resume an export
+    assert (kept / "checkpoints" / "last.ckpt").exists()

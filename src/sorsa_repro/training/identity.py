@@ -19,6 +19,7 @@ NON_IDENTITY = {
     "train": {
         "checkpoint_every",
         "keep_previous_checkpoint",
+        "keep_checkpoints",
         "save_adapter",
         "export_merged",
         "spectral_every",

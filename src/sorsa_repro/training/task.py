@@ -181,6 +181,8 @@ def train_in_folder(prepared: PreparedRun) -> Path:
         attempt_record(run_dir, enabled=is_global_zero()) as progress,  # every attempt, however it ends
     ):
         _fit_and_export(prepared, progress)
+    if is_global_zero() and not cfg.train.get("keep_checkpoints", True):
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: nothing left to resume
     return run_dir
 
 
@@ -268,8 +270,14 @@ def _fit(trainer, module, prepared: PreparedRun, loggers: list, resume: Path | N
     if trainer.global_step < prepared.total_steps:
         raise RuntimeError(f"training stopped at step {trainer.global_step} of {prepared.total_steps}")
     saved = getattr(trainer.checkpoint_callback, "_last_global_step_saved", None)
-    if saved != trainer.global_step or not ckpt.exists():  # (a full-FT checkpoint is GBs: write it once)
+    exports = cfg_exports(prepared.cfg)
+    if exports and (saved != trainer.global_step or not ckpt.exists()):  # (a full-FT checkpoint is GBs: once)
         trainer.save_checkpoint(ckpt)  # a kill during the export below resumes here, with nothing to train
+
+
+def cfg_exports(cfg) -> bool:
+    """Whether the run writes exports after training (a kill during them resumes from a final checkpoint)."""
+    return bool(cfg.train.save_adapter or cfg.train.export_merged)
 
 
 def _export(model, tokenizer, cfg, run_dir: Path, method: MethodConfig) -> None:
