@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from sorsa_repro.replicate import main as replicate_main
+from sorsa_repro.replicate import stages as replicate_stages
 from sorsa_repro.training.sweep import sweep_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,10 @@ def test_sweep_files_expand_to_the_declared_jobs():
         len(study) == 6 * 6 * 3
     )  # arms x learning-rate multipliers (0.3, 1, 3, 10, 30, 100) x seeds 100-102
     assert {j[2] for j in study} == {"seed=100", "seed=101", "seed=102"}
+    small = compose_sweep("+sweep=lr_study", "experiment=small_lr", "seed=100")
+    small.hydra.overrides.task.extend(small_lr_grid())  # as Hydra's multirun receives the command line
+    small = sweep_jobs(small)
+    assert len(small) == 6 * 4  # arms x small's grid (x1, x3, x10, x30) x one seed
     assert len(sweep_jobs(compose_sweep("+sweep=ranks", "experiment=mini"))) == 15
     ortho = sweep_jobs(compose_sweep("+sweep=ortho_modes", "experiment=mini"))
     assert sorted(j[1] for j in ortho) == [
@@ -73,6 +78,12 @@ def test_sweep_files_expand_to_the_declared_jobs():
         "+ortho=none",
         "+ortho=reference",
     ]
+
+
+def small_lr_grid():
+    """The overrides that replicate's small_lr stage adds to the study sweep: its own grid."""
+    _, steps = replicate_stages("small_lr", None, [], {"results": "r", "out": "o", "reference": "f"}, False)
+    return [a for a in steps[0][1] if a.startswith("train.lr_multiplier=")]
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,8 @@ SCALES = {
     "small": {"experiment": "small", "sweep": "claims", "seeds": "0,1,2"},
     "paper": {"experiment": "paper_llama2_7b", "sweep": "paper_table", "seeds": "42"},
     "mini_lr": {"experiment": "mini_lr", "sweep": "lr_study", "seeds": "100,101,102"},
-    "small_lr": {"experiment": "small_lr", "sweep": "lr_study", "seeds": "100"},
+    # small's study: one seed and the minimum grid, x1-x30 (~3 min a job on 2 cores: 21 jobs, ~1 h)
+    "small_lr": {"experiment": "small_lr", "sweep": "lr_study", "seeds": "100", "multipliers": "1,3,10,30"},
 }
 CLI = KeyValueCli(
     prog="python -m sorsa_repro.replicate",
@@ -79,6 +80,8 @@ def stages(
         f"lr_study_dir={dirs['reference']}",  # the committed study, whose selected rates the sweep trains at
     ]
     sweep = [py, "-m", "sorsa_repro.train", f"+sweep={spec['sweep']}", f"experiment={exp}", f"seed={seeds}"]
+    if "multipliers" in spec:  # the scale's own learning-rate grid, replacing the sweep file's
+        sweep.append(f"train.lr_multiplier={spec['multipliers']}")
     if update:  # every stage refuses the reference folders unless told, as this command was
         report.append("update_reference=true")
         sweep.append("update_reference=true")
