@@ -36,7 +36,7 @@ def run(*cmd: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
     [
         (
             "sorsa_repro.train",
-            ["sorsa-train experiment=mini", "data=custom", "peft, pissa, sorsa, svfit"],
+            ["sorsa-train experiment=mini", "data=custom", "peft, pissa, salt, soma, sorsa, sst, svfit"],
             [],
         ),
         # evaluation takes no training groups: its help must not offer them

@@ -37,7 +37,7 @@ CONF = str(REPO / "conf")
 RTOL, ATOL = 1e-5, 1e-7
 
 
-def write_data(folder: Path, n: int = 16) -> Path:
+def write_data(folder: Path, n: int = 20) -> Path:
     """GSM8K-format additions whose responses all tokenise to the same length (SmolLM2 splits digits)."""
     rng = random.Random(0)
     rows = []
@@ -61,6 +61,7 @@ def overrides(tmp_path: Path, method: str, batch_size: int, *extra: str) -> list
         "data=gsm8k",
         f"+data.data_dir={write_data(tmp_path / 'data')}",
         "data.limit=16",
+        "data.heldout_size=4",  # rows 16-19: the held-out loss, gathered from the shards under FSDP
         "data.max_length=128",
         f"train.batch_size={batch_size}",
         "train.global_batch_size=8",  # 2 per rank x 2 ranks x 2 accumulation = 4 x 1 process x 2
@@ -193,6 +194,12 @@ def assert_same_steps(got: list[dict], want: list[dict], keys: tuple[str, ...]) 
             assert float(g[key]) == pytest.approx(float(w[key]), rel=RTOL, abs=ATOL), (key, g, w)
 
 
+def assert_same_heldout(got: list[dict], want: list[dict]) -> None:
+    """The held-out loss at the last step: each rank's forward over the same rows, from the whole model."""
+    assert [r["heldout_loss"] != "" for r in want] == [False, False, True]
+    assert float(got[-1]["heldout_loss"]) == pytest.approx(float(want[-1]["heldout_loss"]), rel=RTOL, abs=ATOL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sorsa", "lora"])
 def test_ddp_matches_one_process_with_the_global_batch(runs, method):
@@ -200,6 +207,7 @@ def test_ddp_matches_one_process_with_the_global_batch(runs, method):
     got, want = map(read_metrics, runs[f"ddp-{method}"])
     keys = ("loss", "grad_norm") + (("ortho_penalty",) if method == "sorsa" else ())
     assert_same_steps(got, want, keys)
+    assert_same_heldout(got, want)
     assert len({r["loss"] for r in want}) == 3  # the steps differ: the comparison is not vacuous
 
 
@@ -211,6 +219,7 @@ def test_fsdp_sorsa_penalty_matches_one_process(runs, mode):
     gradient matter from step 2 on."""
     got, want = map(read_metrics, runs[f"fsdp-{mode}"])
     assert_same_steps(got, want, ("loss", "grad_norm", "ortho_penalty"))
+    assert_same_heldout(got, want)
     assert float(want[-1]["ortho_penalty"]) > 1e-4  # the factors have left orthonormality
 
 

@@ -26,7 +26,7 @@ def user_run(tmp_path_factory):
     data = tmp / "my_data.jsonl"
     rows = [
         {"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}. The answer is: {2 * i}"}
-        for i in range(30)
+        for i in range(50)  # mini trains on 32 and holds out the next 12
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["experiment=mini", "model=tiny_random", "method=lora", "method.rank=4", "data=custom",
@@ -56,9 +56,9 @@ def test_own_data_gets_its_own_experiment_and_says_how_many_rows_it_uses(user_ru
     assert run_dir.parent.name == "mini-my_data"  # not results/mini/, whose report would refuse the folder
     result = json.loads((run_dir / "result.json").read_text())
     assert result["run"]["experiment"] == "mini-my_data"
-    assert result["protocol"]["train"]["examples"] == 20
+    assert result["protocol"]["train"]["examples"] == 32
     assert (
-        f"data: the first 20 examples of {run_dir.parents[2] / 'my_data.jsonl'} of its 30 rows (data.limit=20, set "
+        f"data: the first 32 examples of {run_dir.parents[2] / 'my_data.jsonl'} of its 50 rows (data.limit=32, set "
         "by experiment=mini; data.limit=null trains on all of them)"
     ) in console
     assert "experiment_name=mini-my_data" in console

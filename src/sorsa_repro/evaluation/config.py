@@ -197,7 +197,9 @@ class ValidateEvaluation:
             cfg = EvalConfig.from_mapping(OmegaConf.to_container(options, resolve=True))
             check_target(cfg, _backend_name(cfg, given_model=False))
         except Exception as err:  # Hydra turns a callback's Exception into a warning; SystemExit stops
-            raise SystemExit(f"error: {type(err).__name__}: {err}") from None
+            from sorsa_repro.cli_errors import UsageExit, one_line
+
+            raise UsageExit(one_line(err), err) from None  # one line, exit code 2 (run_entry_point)
 
     def __getattr__(self, name):  # Hydra calls every hook; the others do nothing
         if name.startswith("on_"):

@@ -108,7 +108,9 @@ class ValidateSweep(Callback):
         try:
             validate_config(config)
         except Exception as err:  # Hydra turns a callback's Exception into a warning; SystemExit stops
-            raise SystemExit(f"error: {type(err).__name__}: {err}") from None
+            from sorsa_repro.cli_errors import UsageExit, one_line
+
+            raise UsageExit(one_line(err), err) from None  # one line, exit code 2 (run_entry_point)
         EXISTED_BEFORE["results_dir"] = deepest_existing(Path(str(config.results_dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
