@@ -484,6 +484,9 @@ def signal_handlers(monkeypatch):
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(signals, "_RECEIVED", [])
+    # Python's own Ctrl-C handler first: pytest started in the background (nohup, a CI runner) inherits SIGINT
+    # ignored, which exit_on_sigterm keeps on purpose, and the test's Ctrl-C would then do nothing
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signals.exit_on_sigterm()
     yield
     for sig, handler in saved.items():

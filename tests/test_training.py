@@ -115,11 +115,17 @@ def test_regularizer_strength_is_the_papers_on_any_layout_and_scale():
         "experiment=paper_llama2_7b", "method=sorsa", "trainer=ddp", "trainer.devices=8"
     ).method.ortho_coef
     micro = compose_train("experiment=paper_llama2_7b", "method=sorsa", "train.batch_size=8")
-    mini = compose_train("experiment=mini", "method=sorsa")  # lr x 10 there: the coefficient stays
+    mini = compose_train("experiment=mini", "method=sorsa")  # SORSA at x1 there (its study's selection)
+    scaled = compose_train("experiment=mini", "method=sorsa", "train.lr_multiplier=10")  # the coefficient stays
+    assert mini.train.lr_multiplier == 1 and scaled.train.lr_multiplier == 10
     assert (
-        one == ddp == micro.method.ortho_coef == mini.method.ortho_coef == pytest.approx(0.208333, abs=1e-6)
+        one
+        == ddp
+        == micro.method.ortho_coef
+        == mini.method.ortho_coef
+        == scaled.method.ortho_coef
+        == pytest.approx(0.208333, abs=1e-6)
     )
-    assert mini.train.lr_multiplier == 10
     assert compose_train("experiment=mini", "method=sorsa", "+ortho=none").method.ortho_coef == 0
 
 
@@ -506,18 +512,19 @@ def test_method_peft_with_a_lora_config_trains_exactly_like_method_lora(tmp_path
     LoraConfig(
         r=4, lora_alpha=4, target_modules=list(DEFAULT_TARGETS), task_type="CAUSAL_LM"
     ).save_pretrained(config_dir)
-    peft_cfg = tiny_cfg(tmp_path / "peft", "peft", f"method.config={config_dir}")
+    same_rate = "train.lr_multiplier=10"  # mini selects LoRA's rate (x100); method=peft takes its default (x10)
+    peft_cfg = tiny_cfg(tmp_path / "peft", "peft", f"method.config={config_dir}", same_rate)
     first_dir = str(peft_cfg.run_dir)  # resolved now: the config resolves again on each access
     assert Path(first_dir).name.startswith("peft-r4-s0-")  # r read from the file
     peft_run = run_training(peft_cfg)
-    lora_run = run_training(tiny_cfg(tmp_path / "lora", "lora"))
+    lora_run = run_training(tiny_cfg(tmp_path / "lora", "lora", same_rate))
     assert [r["loss"] for r in read_metrics(peft_run)] == [r["loss"] for r in read_metrics(lora_run)]
     peft_result, lora_result = (json.loads((d / "result.json").read_text()) for d in (peft_run, lora_run))
     assert peft_result["train"]["trainable_params"] == lora_result["train"]["trainable_params"]
     assert peft_result["run"]["method"] == "peft" and peft_result["run"]["peft_config"] == "my_lora"
     # the file's content is the run's identity: another config, another folder
     LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGETS)).save_pretrained(config_dir)
-    assert tiny_cfg(tmp_path / "peft", "peft", f"method.config={config_dir}").run_dir != first_dir
+    assert tiny_cfg(tmp_path / "peft", "peft", f"method.config={config_dir}", same_rate).run_dir != first_dir
 
 
 def test_method_peft_needs_a_readable_peft_config(tmp_path):
