@@ -197,7 +197,9 @@ def assert_same_steps(got: list[dict], want: list[dict], keys: tuple[str, ...]) 
 def assert_same_heldout(got: list[dict], want: list[dict]) -> None:
     """The held-out loss at the last step: each rank's forward over the same rows, from the whole model."""
     assert [r["heldout_loss"] != "" for r in want] == [False, False, True]
-    assert float(got[-1]["heldout_loss"]) == pytest.approx(float(want[-1]["heldout_loss"]), rel=RTOL, abs=ATOL)
+    assert float(got[-1]["heldout_loss"]) == pytest.approx(
+        float(want[-1]["heldout_loss"]), rel=RTOL, abs=ATOL
+    )
 
 
 @pytest.mark.slow

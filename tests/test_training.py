@@ -116,7 +116,9 @@ def test_regularizer_strength_is_the_papers_on_any_layout_and_scale():
     ).method.ortho_coef
     micro = compose_train("experiment=paper_llama2_7b", "method=sorsa", "train.batch_size=8")
     mini = compose_train("experiment=mini", "method=sorsa")  # SORSA at x1 there (its study's selection)
-    scaled = compose_train("experiment=mini", "method=sorsa", "train.lr_multiplier=10")  # the coefficient stays
+    scaled = compose_train(
+        "experiment=mini", "method=sorsa", "train.lr_multiplier=10"
+    )  # the coefficient stays
     assert mini.train.lr_multiplier == 1 and scaled.train.lr_multiplier == 10
     assert (
         one
@@ -512,7 +514,9 @@ def test_method_peft_with_a_lora_config_trains_exactly_like_method_lora(tmp_path
     LoraConfig(
         r=4, lora_alpha=4, target_modules=list(DEFAULT_TARGETS), task_type="CAUSAL_LM"
     ).save_pretrained(config_dir)
-    same_rate = "train.lr_multiplier=10"  # mini selects LoRA's rate (x100); method=peft takes its default (x10)
+    same_rate = (
+        "train.lr_multiplier=10"  # mini selects LoRA's rate (x100); method=peft takes its default (x10)
+    )
     peft_cfg = tiny_cfg(tmp_path / "peft", "peft", f"method.config={config_dir}", same_rate)
     first_dir = str(peft_cfg.run_dir)  # resolved now: the config resolves again on each access
     assert Path(first_dir).name.startswith("peft-r4-s0-")  # r read from the file
