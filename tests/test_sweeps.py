@@ -71,6 +71,9 @@ def test_sweep_files_expand_to_the_declared_jobs():
     small = sweep_jobs(small)
     assert len(small) == 6 * 4  # arms x small's grid (x1, x3, x10, x30) x one seed
     assert len(sweep_jobs(compose_sweep("+sweep=ranks", "experiment=mini"))) == 15
+    methods = sweep_jobs(compose_sweep("+sweep=methods", "experiment=mini_methods"))
+    assert len(methods) == 17 * 3  # sixteen methods and the base model x seeds 0-2
+    assert {j[0] for j in methods} >= {"method=kasa", "method=soma", "method=salt", "method=sst"}
     ortho = sweep_jobs(compose_sweep("+sweep=ortho_modes", "experiment=mini"))
     assert sorted(j[1] for j in ortho) == [
         "+ortho=decoupled",
@@ -78,6 +81,21 @@ def test_sweep_files_expand_to_the_declared_jobs():
         "+ortho=none",
         "+ortho=reference",
     ]
+
+
+def test_methods_study_is_its_own_experiment_at_the_scale_protocol():
+    """make methods-study: mini's or small's protocol and rates, runs and report apart from the claims'."""
+    for scale, seeds in (("mini", "0,1,2"), ("small", "0")):
+        exp, steps = replicate_stages(
+            f"{scale}_methods", None, [], {"results": "r", "out": "o", "reference": "f"}, False
+        )
+        assert exp == f"{scale}_methods" and "+sweep=methods" in steps[0][1] and f"seed={seeds}" in steps[0][1]
+        study = compose_sweep("experiment=" + exp, "method=kasa")
+        claims = compose_sweep(f"experiment={scale}", "method=kasa")
+        assert study.experiment_name == exp
+        for key in ("data", "method", "evaluate"):
+            assert study[key] == claims[key]
+        assert study.train.lr_multiplier == claims.train.lr_multiplier
 
 
 def small_lr_grid():

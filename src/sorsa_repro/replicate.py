@@ -2,6 +2,7 @@
 
     python -m sorsa_repro.replicate scale=mini|small|paper|smoke [seeds=0,1] [extra Hydra overrides ...]
     python -m sorsa_repro.replicate scale=mini_lr|small_lr      (make lr-study: the learning-rate study)
+    python -m sorsa_repro.replicate scale=mini_methods|small_methods   (make methods-study: every method)
 
 Your runs go to ``results/<experiment>/`` and your report to ``paper_tables/local/<experiment>/`` (both
 git-ignored); the committed reference (``reference_runs/``, ``paper_tables/<experiment>/``) is only read,
@@ -42,6 +43,9 @@ SCALES = {
     "mini_lr": {"experiment": "mini_lr", "sweep": "lr_study", "seeds": "100,101,102"},
     # small's study: one seed and the minimum grid, x1-x30 (~3 min a job on 2 cores: 21 jobs, ~1 h)
     "small_lr": {"experiment": "small_lr", "sweep": "lr_study", "seeds": "100", "multipliers": "1,3,10,30"},
+    # <scale>_methods: every method of the suite under the scale's protocol (make methods-study)
+    "mini_methods": {"experiment": "mini_methods", "sweep": "methods", "seeds": "0,1,2"},
+    "small_methods": {"experiment": "small_methods", "sweep": "methods", "seeds": "0"},
 }
 CLI = KeyValueCli(
     prog="python -m sorsa_repro.replicate",
