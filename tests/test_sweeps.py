@@ -89,7 +89,9 @@ def test_methods_study_is_its_own_experiment_at_the_scale_protocol():
         exp, steps = replicate_stages(
             f"{scale}_methods", None, [], {"results": "r", "out": "o", "reference": "f"}, False
         )
-        assert exp == f"{scale}_methods" and "+sweep=methods" in steps[0][1] and f"seed={seeds}" in steps[0][1]
+        assert (
+            exp == f"{scale}_methods" and "+sweep=methods" in steps[0][1] and f"seed={seeds}" in steps[0][1]
+        )
         study = compose_sweep("experiment=" + exp, "method=kasa")
         claims = compose_sweep(f"experiment={scale}", "method=kasa")
         assert study.experiment_name == exp
