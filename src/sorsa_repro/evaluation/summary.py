@@ -48,7 +48,8 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     p, z2 = k / n, Z975**2
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z975 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval contains p; the clamps only remove rounding (k = 0 gave a low end of +1e-17 above p = 0)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def score_table(evals: dict[str, dict]) -> str:
