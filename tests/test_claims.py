@@ -65,7 +65,9 @@ def test_statistics_on_known_values():
     assert low == 0 and high == pytest.approx(0.2775, abs=1e-4)  # the textbook Wilson upper bound for 0/10
     # the interval holds its own proportion exactly, rounding included (0/150 gave a low end of +1e-17 once,
     # and the accuracy figure's error bar a negative length)
-    assert all(wilson(k, n)[0] <= k / n <= wilson(k, n)[1] for n in range(1, 301) for k in (0, 1, n // 2, n - 1, n))
+    assert all(
+        wilson(k, n)[0] <= k / n <= wilson(k, n)[1] for n in range(1, 301) for k in (0, 1, n // 2, n - 1, n)
+    )
     assert all(wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0 for n in range(1, 301))
     assert mcnemar_p(0, 6) == pytest.approx(2 / 64) and mcnemar_p(3, 3) == 1.0 and mcnemar_p(0, 0) == 1.0
 

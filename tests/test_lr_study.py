@@ -13,6 +13,7 @@ import pytest
 
 from sorsa_repro.reporting import cli
 from sorsa_repro.reporting.aggregate import load_experiment
+from sorsa_repro.reporting.claims import claim_rows
 from sorsa_repro.reporting.claims_report import write_claims
 from sorsa_repro.reporting.lr_robustness import claim_lines, grid_rows, matched_rows, robustness, value_at
 from sorsa_repro.reporting.lr_study import load_study, selection
@@ -102,6 +103,24 @@ def test_the_robustness_line_for_a_steady_win_a_flip_and_a_tie(study):
     assert lines["1"].startswith("**flips** within the grid (x1, x3, x10, x30)")
     assert "SORSA < Full FT (held-out loss, last step): holds across the grid (supported)" in lines["1"]
     assert lines["3"].startswith("**holds only in part of the grid**")  # the penalty is not measured here
+
+
+def test_a_one_seed_study_gives_directions_not_verdicts(study):
+    """small's study has one seed: no interval, so every verdict is inconclusive, and the line says which way
+    each rate leans instead of "inconclusive at every rate"."""
+    one = [r for r in study.runs if r.seed == 100]
+    by_rate = {m: claim_rows(study, [r for r in one if r.lr_multiplier == m]) for m in GRID}
+    flip = robustness(by_rate, ("1", "SORSA < LoRA", "held-out loss, last step"))
+    assert flip == (
+        "inconclusive at every rate (one seed, no interval): the claim's direction at x1, x3; "
+        "against the claim at x10, x30"
+    )
+    row = next(r for r in by_rate[1.0] if r.key == ("1", "SORSA < LoRA", "held-out loss, last step"))
+    assert (
+        row.difference == "-0.2000 (one seed)"
+        and row.verdict == "inconclusive (one seed: the claim's direction)"
+    )
+    assert claim_lines(by_rate)["1"].startswith("**no verdict: one seed** (directions only)")
 
 
 def test_weight_change_is_read_off_at_the_matched_loss():

@@ -52,8 +52,15 @@ def verdict_word(text: str) -> str:
     return text.strip("*").split(" ")[0] if text.startswith("**") else "inconclusive"
 
 
-def verdict(interval: tuple[float, float, float] | None, lower_is_claim: bool) -> str:
+ONE_SEED_FOR, ONE_SEED_AGAINST = "one seed: the claim's direction", "one seed: against the claim"
+
+
+def verdict(
+    interval: tuple[float, float, float] | None, lower_is_claim: bool, diffs: list[float] = ()
+) -> str:
     if interval is None:
+        if len(diffs) == 1 and diffs[0] != 0:  # no interval, but the direction is worth saying
+            return f"inconclusive ({ONE_SEED_FOR if (diffs[0] < 0) == lower_is_claim else ONE_SEED_AGAINST})"
         return "inconclusive (fewer than 2 paired seeds)"
     _, low, high = interval
     better, worse = (high < 0, low > 0) if lower_is_claim else (low > 0, high < 0)
@@ -119,15 +126,15 @@ def compare(groups, a: str, b: str, stat, name: str, claim: str, lower: bool, di
     pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
     if not pairs:
         return None
-    interval = paired_interval([x - y for x, y in pairs])
-    diff = (
-        "–"
-        if interval is None
-        else f"{interval[0]:+.{digits}f} [{interval[1]:+.{digits}f}, {interval[2]:+.{digits}f}]"
-    )
+    diffs = [x - y for x, y in pairs]
+    interval = paired_interval(diffs)
+    if interval is not None:
+        diff = f"{interval[0]:+.{digits}f} [{interval[1]:+.{digits}f}, {interval[2]:+.{digits}f}]"
+    else:  # one seed: its difference, no interval
+        diff = f"{diffs[0]:+.{digits}f} (one seed)"
     sign = "<" if lower else ">"
     return Row(claim, f"{arm_label(a)} {sign} {arm_label(b)}", name, fmt_values([x for x, _ in pairs], digits),
-               fmt_values([y for _, y in pairs], digits), diff, len(pairs), verdict(interval, lower))  # fmt: skip
+               fmt_values([y for _, y in pairs], digits), diff, len(pairs), verdict(interval, lower, diffs))  # fmt: skip
 
 
 def accuracy_rows(groups, summary: Summary, a: str, b: str, claim: str) -> list[Row]:

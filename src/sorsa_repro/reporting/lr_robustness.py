@@ -19,7 +19,16 @@ import statistics
 
 from sorsa_repro.reporting.aggregate import Summary
 from sorsa_repro.reporting.claim_stats import final_heldout, paired_interval, spectral_final
-from sorsa_repro.reporting.claims import Row, arm_label, claim_rows, fmt_values, verdict, verdict_word
+from sorsa_repro.reporting.claims import (
+    ONE_SEED_AGAINST,
+    ONE_SEED_FOR,
+    Row,
+    arm_label,
+    claim_rows,
+    fmt_values,
+    verdict,
+    verdict_word,
+)
 from sorsa_repro.reporting.lr_study import grid_points, multipliers
 
 # each claim's statistics that the one-line robustness summary speaks for
@@ -63,8 +72,16 @@ def robustness(by_rate: dict[float, list[Row]], key: tuple) -> str:
         text = (
             f"holds in part: {word} at {_rates(where[word])}, inconclusive at {_rates(where['inconclusive'])}"
         )
-    else:
-        text = "inconclusive at every rate"
+    else:  # no interval anywhere: with one seed, the direction at each rate
+        leaning = {
+            w: [m for m, rows in by_rate.items() for r in rows if r.key == key and w in r.verdict]
+            for w in (ONE_SEED_FOR, ONE_SEED_AGAINST)
+        }
+        if leaning[ONE_SEED_FOR] or leaning[ONE_SEED_AGAINST]:
+            parts = [f"{w.removeprefix('one seed: ')} at {_rates(ms)}" for w, ms in leaning.items() if ms]
+            text = "inconclusive at every rate (one seed, no interval): " + "; ".join(parts)
+        else:
+            text = "inconclusive at every rate"
     return text + tail
 
 
@@ -81,6 +98,8 @@ def claim_lines(by_rate: dict[float, list[Row]]) -> dict[str, str]:
             overall = "**flips** within the grid"
         elif all(v.startswith("holds across") for v in each.values()):
             overall = "**holds across the whole grid**"
+        elif all("(one seed, no interval)" in v for v in each.values()):
+            overall = "**no verdict: one seed** (directions only)"
         else:
             overall = "**holds only in part of the grid**"
         detail = "; ".join(f"{k[1]} ({k[2]}): {v}" for k, v in each.items())
