@@ -55,6 +55,12 @@ def verdict_word(text: str) -> str:
 ONE_SEED_FOR, ONE_SEED_AGAINST = "one seed: the claim's direction", "one seed: against the claim"
 
 
+def one_seed_lean(text: str) -> str | None:
+    """ "the claim's direction" | "against the claim" for a one-seed verdict, else None."""
+    lean = next((w for w in (ONE_SEED_FOR, ONE_SEED_AGAINST) if w in text), None)
+    return lean.removeprefix("one seed: ") if lean else None
+
+
 def verdict(
     interval: tuple[float, float, float] | None, lower_is_claim: bool, diffs: list[float] = ()
 ) -> str:

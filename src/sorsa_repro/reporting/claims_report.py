@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sorsa_repro.reporting.aggregate import Summary, group_label
-from sorsa_repro.reporting.claims import ONE_SEED_AGAINST, ONE_SEED_FOR, Row, claim_rows, verdict_word
+from sorsa_repro.reporting.claims import Row, claim_rows, one_seed_lean, verdict_word
 from sorsa_repro.reporting.lr_robustness import claim_lines, grid_rows, matched_rows, robustness
 from sorsa_repro.reporting.lr_study import PAPER_MULTIPLIER, RULE, selection, study_experiment, study_seeds
 from sorsa_repro.reporting.runs import Run
@@ -61,11 +61,11 @@ def _cell(row: Row | None) -> str:
     if row is None:
         return "not measured"
     word = verdict_word(row.verdict)
-    one_seed = next((w for w in (ONE_SEED_FOR, ONE_SEED_AGAINST) if w in row.verdict), None)
+    lean = one_seed_lean(row.verdict)
     return (
         (f"**{word}**" if word != "inconclusive" else word)
         + (f": {row.difference}" if row.difference != "–" else f" ({row.seeds} seed)")
-        + (f", {one_seed.removeprefix('one seed: ')}" if one_seed else "")
+        + (f", {lean}" if lean else "")
     )
 
 

@@ -20,12 +20,11 @@ import statistics
 from sorsa_repro.reporting.aggregate import Summary
 from sorsa_repro.reporting.claim_stats import final_heldout, paired_interval, spectral_final
 from sorsa_repro.reporting.claims import (
-    ONE_SEED_AGAINST,
-    ONE_SEED_FOR,
     Row,
     arm_label,
     claim_rows,
     fmt_values,
+    one_seed_lean,
     verdict,
     verdict_word,
 )
@@ -73,12 +72,13 @@ def robustness(by_rate: dict[float, list[Row]], key: tuple) -> str:
             f"holds in part: {word} at {_rates(where[word])}, inconclusive at {_rates(where['inconclusive'])}"
         )
     else:  # no interval anywhere: with one seed, the direction at each rate
-        leaning = {
-            w: [m for m, rows in by_rate.items() for r in rows if r.key == key and w in r.verdict]
-            for w in (ONE_SEED_FOR, ONE_SEED_AGAINST)
-        }
-        if leaning[ONE_SEED_FOR] or leaning[ONE_SEED_AGAINST]:
-            parts = [f"{w.removeprefix('one seed: ')} at {_rates(ms)}" for w, ms in leaning.items() if ms]
+        leaning = {}
+        for m, rows in by_rate.items():
+            for r in rows:
+                if r.key == key and one_seed_lean(r.verdict):
+                    leaning.setdefault(one_seed_lean(r.verdict), []).append(m)
+        if leaning:
+            parts = [f"{lean} at {_rates(ms)}" for lean, ms in sorted(leaning.items(), reverse=True)]
             text = "inconclusive at every rate (one seed, no interval): " + "; ".join(parts)
         else:
             text = "inconclusive at every rate"
