@@ -1,5 +1,5 @@
 """What each run reached and what it cost, per run and per (method, rank, variant) group: final training loss,
-held-out loss, training wall time, training throughput and peak memory (result.json and metrics.csv), the
+held-out loss, adapter init time, training wall time, training throughput and peak memory (result.json and metrics.csv), the
 columns peft's ``method_comparison`` reports beside accuracy. The training table of main_table.md and the
 cost figure read them from here."""
 
@@ -17,6 +17,7 @@ from sorsa_repro.reporting.table_format import MeanStd, Table
 MEASURES = {
     "final_loss": ("Final loss", 4),
     "heldout_loss": ("Held-out loss", 4),
+    "init_s": ("Init s", 2),
     "train_s": ("Training s", 0),
     "tokens_per_s": ("Tokens/s", 0),
     "peak_mib": ("Peak MiB", 0),
@@ -36,6 +37,7 @@ def run_measures(run: Run) -> dict[str, float | None]:
     return {
         "final_loss": train.get("final_loss"),
         "heldout_loss": run.heldout_loss,
+        "init_s": train.get("init_time_s"),
         "train_s": train.get("wall_time_s"),
         "tokens_per_s": throughput,
         "peak_mib": train.get("peak_memory_mb"),
@@ -76,8 +78,9 @@ def training_table(summary: Summary) -> Table:
         title=f"{summary.experiment}: training, per method",
         caption="Mean ± sample standard deviation (ddof=1) over seeds. Final loss: the training loss of the "
         "last optimizer step; held-out loss: at the last step, on rows of the training source never trained "
-        "on; training s: wall time of the training job (model load, init, steps, exports); tokens/s: the "
-        "median over optimizer steps after the first; peak MiB: the job's peak memory (CPU RSS, or GPU).",
+        "on; init s: loading the base model and applying the method (its SVD, for the SVD family); training "
+        "s: wall time of the training job (model load, init, steps, exports); tokens/s: the median "
+        "over optimizer steps after the first; peak MiB: the job's peak memory (CPU RSS, or GPU).",
         label=f"{summary.experiment}-training",
         header=["Method", "r", "Seeds", *[header for header, _ in MEASURES.values()]],
         align="lrr" + "r" * len(MEASURES),
