@@ -293,6 +293,35 @@ def test_evaluate_after_training_reads_the_train_config(tmp_path, fake):
     assert json.loads((tmp_path / "result.json").read_text())["train"] == {"status": "finished"}
 
 
+def test_an_evaluated_run_is_skipped_without_its_merged_export(tmp_path, fake):
+    """A finished, evaluated run resumed from a clean clone of a committed reference (merged/ is git-ignored):
+    the same evaluation is skipped and its files stay byte-identical; other settings still need the export."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from sorsa_repro.evaluation.run import evaluate_after_training
+
+    fake.answer = lambda p: "The answer is: 1"
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "config.json").write_text("{}")
+    (tmp_path / "result.json").write_text(json.dumps({"train": {"status": "finished"}}))
+    evaluation = {"benchmarks": ["synthetic"], "limit": 3, "backend": "hf", "max_new_tokens": None}
+    cfg = OmegaConf.create(
+        {"model": {"name": OFFLINE_MODEL}, "data": {"name": "synthetic"}, "evaluate": evaluation}
+    )
+    first = evaluate_after_training(tmp_path, cfg)
+    files = {
+        p: p.read_bytes() for p in (tmp_path / "result.json", tmp_path / "predictions" / "synthetic.jsonl")
+    }
+    shutil.rmtree(tmp_path / "merged")
+    fake.calls.clear()
+    assert evaluate_after_training(tmp_path, cfg) == first
+    assert fake.calls == [] and all(p.read_bytes() == b for p, b in files.items())
+    with pytest.raises(FileNotFoundError, match="has no merged model"):  # four problems: one is unanswered
+        evaluate_after_training(tmp_path, OmegaConf.merge(cfg, {"evaluate": {"limit": 4}}))
+
+
 # ---------------------------------------------------------------------------------------------- real models
 
 

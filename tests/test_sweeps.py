@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,10 +165,15 @@ def test_sweep_trains_evaluates_reports_and_skips_finished_jobs(tmp_path):
         assert result["eval"]["synthetic"]["n"] == 3
         assert (tmp_path / "mini" / run / "predictions" / "synthetic.jsonl").exists()
     stamps = {run: (tmp_path / "mini" / run / "metrics.csv").stat().st_mtime_ns for run in runs}
-    again = train(*args)  # the same sweep again: both jobs are finished, nothing is retrained
-    assert again.returncode == 0
+    results = {run: (tmp_path / "mini" / run / "result.json").read_bytes() for run in runs}
+    for run in runs:  # as in a clean clone of committed runs: the merged export is git-ignored
+        shutil.rmtree(tmp_path / "mini" / run / "merged")
+    again = train(*args)  # the same sweep again: both jobs are finished, nothing is retrained or re-evaluated
+    assert again.returncode == 0, again.stderr[-3000:]
     assert "already finished training" in again.stderr + again.stdout
+    assert "already evaluated with these settings" in again.stderr + again.stdout
     assert stamps == {run: (tmp_path / "mini" / run / "metrics.csv").stat().st_mtime_ns for run in runs}
+    assert results == {run: (tmp_path / "mini" / run / "result.json").read_bytes() for run in runs}
 
 
 def test_replicate_rejects_an_unknown_scale(capsys):

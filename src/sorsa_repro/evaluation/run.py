@@ -280,16 +280,54 @@ def evaluate(cfg: Mapping | EvalConfig, model=None, tokenizer=None) -> dict:
 # ---------------------------------------------------------------------------------------------- callers
 
 
+def already_evaluated(cfg: EvalConfig) -> bool:
+    """The run folder's evaluation finished with exactly these settings: every benchmark has its scores for
+    this limit, length and generation protocol, and a stored answer to every problem from the same prompt,
+    graded by the current graders. Evaluating again would only rewrite its provenance, so it is skipped:
+    a committed reference resumed from a clean clone (no ``merged/`` export: git-ignored) keeps its files."""
+    from sorsa_repro.data import build_prompt, load_eval_examples
+    from sorsa_repro.evaluation.summary import grader_versions
+
+    result = load_result(cfg.run)
+    if cfg.overwrite or result.get("evaluation", {}).get("status") != "finished":
+        return False
+    for benchmark in cfg.benchmarks:
+        entry = result.get("eval", {}).get(benchmark, {})
+        max_new = cfg.max_new_tokens_for(benchmark)
+        if (entry.get("limit"), entry.get("max_new_tokens"), entry.get("generation_protocol")) != (
+            cfg.limit_for(benchmark),
+            max_new,
+            cfg.generation,
+        ):
+            return False
+        examples = load_eval_examples(benchmark, cfg.limit_for(benchmark), cfg.data_dir, cfg.seed)
+        stored = read_predictions(predictions_path(cfg.run, benchmark))
+        versions = grader_versions(benchmark)
+        if entry.get("n") != len(examples) or not all(
+            reusable(
+                row := stored.get(ex["id"]), build_prompt(ex["query"], for_eval=True), max_new, cfg.generation
+            )
+            and row.get("grader_versions") == versions
+            for ex in examples
+        ):
+            return False
+    return True
+
+
 def evaluate_run(
     run_dir, cfg: Mapping | EvalConfig | None = None, model=None, tokenizer=None, **overrides
 ) -> dict:
-    """Evaluate a training run folder (what training and sweeps call after training).
+    """Evaluate a training run folder (what training and sweeps call after training); one already evaluated
+    with these settings is skipped (``already_evaluated``).
 
     hf runs in this process (``model``/``tokenizer`` may hand over the merged model in memory); vllm
     runs in a subprocess (``evaluation.worker``, its config as a JSON file), which frees its memory on exit
     and needs no ``__main__`` guard here. Returns ``result.json["eval"]`` of the run.
     """
     cfg = EvalConfig.from_mapping(cfg, **{**overrides, "run": str(Path(run_dir).resolve()), "model": None})
+    if already_evaluated(cfg):
+        logger.info("%s: already evaluated with these settings: not evaluating again", cfg.run)
+        return load_result(cfg.run).get("eval", {})
     if model is None and resolve_backend(cfg.backend) == "vllm":
         check_target(cfg, "vllm")  # fail here, not in the child
         with run_folder_lock(cfg.run), stage(cfg.run, "evaluation"):
