@@ -252,6 +252,24 @@ def test_rerun_generates_only_missing_and_keeps_order(tmp_path, fake):
     assert sum(len(c) for c in fake.calls) == 5
 
 
+def test_a_completion_with_unicode_line_separators_is_kept(tmp_path, fake):
+    """A diverged model's completion may hold U+2028 or U+0085, written unescaped: the row must read back (not
+    be split, dropped and generated again on every call), for the evaluation, the claims and W&B."""
+    from sorsa_repro.evaluation.predictions import read_predictions
+    from sorsa_repro.wandb_eval import prediction_rows
+
+    fake.answer = lambda p: "oresLess\u2028 10.0 \x85\u2029 The answer is: 1"
+    cfg = {"model": OFFLINE_MODEL, "benchmarks": ["synthetic"], "out_dir": str(tmp_path), "limit": 3}
+    evaluate(cfg)
+    path = tmp_path / "predictions" / "synthetic.jsonl"
+    rows = read_predictions(path)
+    assert len(rows) == 3 and all("\u2028" in r["completion"] for r in rows.values())
+    fake.calls.clear()
+    evaluate(cfg)
+    assert fake.calls == []
+    assert len(prediction_rows(path)[1]) == 3
+
+
 def test_smaller_limit_keeps_generated_rows_and_timings_add_up(tmp_path, fake):
     fake.answer = lambda p: "The answer is: 1"
     cfg = {"model": OFFLINE_MODEL, "benchmarks": ["synthetic"], "out_dir": str(tmp_path)}

@@ -10,9 +10,9 @@ completion, extracted answers, gold and verdicts. Offline (``WANDB_MODE=offline`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from sorsa_repro.evaluation.predictions import read_predictions
 from sorsa_repro.results import load_result
 
 PREDICTION_COLUMNS = (
@@ -39,7 +39,7 @@ def score_summary(evals: dict) -> dict:
 
 def prediction_rows(path: Path) -> tuple[list[str], list[list]]:
     """(columns, rows) of a predictions file: the answer fields and one verdict column per grader and mode."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = list(read_predictions(path).values())
     graders = sorted({g for r in rows for g in (r.get("correct") or {})})
     verdicts = [f"{g}/{m}" for g in graders for m in ("strict", "flexible")]
     data = [

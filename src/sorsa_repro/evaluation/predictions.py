@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sorsa_repro.evaluation.backends import Completion
 from sorsa_repro.evaluation.summary import grader_versions
 from sorsa_repro.evaluation.tasks import DEFAULT_GENERATION
 from sorsa_repro.results import atomic_write_text
+
+if TYPE_CHECKING:  # the backends import torch; reading predictions (reports, W&B) must not
+    from sorsa_repro.evaluation.backends import Completion
 
 PREDICTIONS_DIR = "predictions"
 logger = logging.getLogger(__name__)
@@ -24,11 +27,13 @@ def predictions_path(out_dir: str | Path, benchmark: str) -> Path:
 
 
 def read_predictions(path: Path) -> dict[str, dict]:
-    """Rows by id; unreadable lines (a file cut short by hand) are skipped with a warning."""
+    """Rows by id, in file order; unreadable lines (a file cut short by hand) are skipped with a warning.
+    Lines end at "\n" only: a completion may hold U+2028 or U+0085 unescaped (``ensure_ascii=False``), which
+    ``str.splitlines`` would take for line ends, losing the row."""
     rows: dict[str, dict] = {}
     if not path.exists():
         return rows
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:

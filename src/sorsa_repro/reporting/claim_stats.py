@@ -3,12 +3,12 @@ outcomes) and the paired tests over seeds (Student-t interval, exact McNemar). D
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 
 import pandas as pd
 
+from sorsa_repro.evaluation.predictions import read_predictions
 from sorsa_repro.evaluation.summary import Z975
 from sorsa_repro.reporting.runs import Run
 
@@ -89,5 +89,5 @@ def outcomes(run: Run, bench: str, grader: str) -> dict[str, bool] | None:
     n = run.result.get("eval", {}).get(bench, {}).get("n")
     if not path.exists() or not n:
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:n]
+    rows = list(read_predictions(path).values())[:n]
     return {r["id"]: bool(r["correct"].get(grader, {}).get("strict")) for r in rows}
